@@ -1,0 +1,31 @@
+"""`create_app(settings)`: the keystile service, built on the same public surface other apps use."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from keystile import __version__, data, ops
+from keystile.audit import router as audit_router
+from keystile.clock import Clock, system_clock
+from keystile.keys import router as keys_router
+from keystile.limits import BodySizeLimit
+from keystile.logs import install_redaction
+from keystile.runtime import Keystile
+from keystile.settings import Settings
+from keystile.users import router as users_router
+
+DESCRIPTION = """\
+Self-hosted API keys: users log in with a JWT and issue named keys, shown once and stored only as a hash;
+services present them in `X-API-Key`.
+"""
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> FastAPI:
+    install_redaction()
+    runtime = Keystile(settings if settings is not None else Settings(), clock=clock)
+    app = FastAPI(title="keystile", version=__version__, description=DESCRIPTION, lifespan=runtime.lifespan)
+    runtime.install(app)
+    for router in (users_router.router, keys_router.router, data.router, audit_router.router, ops.router):
+        app.include_router(router)
+    app.add_middleware(BodySizeLimit)
+    return app

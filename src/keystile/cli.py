@@ -1,0 +1,208 @@
+"""The `keystile` command line (API.md section 5). Commands read the same KEYSTILE_* settings as the server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keystile import migrations
+from keystile.keys import service as keys_service
+from keystile.keys.schemas import KeyCreate, RateLimitSpec
+from keystile.keys.verification import verify_key
+from keystile.runtime import Keystile
+from keystile.settings import RateLimit, Settings
+from keystile.users import service as users_service
+
+app = typer.Typer(help="keystile: self-hosted API keys.", no_args_is_help=True, add_completion=False)
+users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as error:
+        typer.echo(f"invalid settings: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _with_session(work: Callable[[Keystile, AsyncSession], Awaitable[T]]) -> T:
+    async def run() -> T:
+        runtime = Keystile(_settings())
+        try:
+            async with runtime.session_factory() as session:
+                result = await work(runtime, session)
+            await runtime.usage.flush()
+            return result
+        finally:
+            await runtime.engine.dispose()
+
+    return asyncio.run(run())
+
+
+@app.command()
+def migrate() -> None:
+    """Create the database schema or bring it up to date."""
+    migrations.upgrade(_settings().database_url)
+    typer.echo("database is up to date")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (more than one needs KEYSTILE_REDIS_URL).")] = 1,
+) -> None:
+    """Migrate the database, then serve the API."""
+    import uvicorn
+
+    settings = _settings()
+    settings.resolved_secret_key()  # create the embedded secret once, before workers race for it
+    migrations.upgrade(settings.database_url)
+    uvicorn.run(
+        "keystile.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level,
+        proxy_headers=False,  # X-Forwarded-For is believed only from KEYSTILE_TRUSTED_PROXIES, by keystile itself
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@users_app.command("create")
+def users_create(
+    email: Annotated[str, typer.Option(help="The user's email, their login name.")],
+    admin: Annotated[bool, typer.Option("--admin", help="Make the user an administrator.")] = False,
+) -> None:
+    """Create a user; the password comes from KEYSTILE_PASSWORD or a prompt."""
+    password = os.environ.get("KEYSTILE_PASSWORD") or typer.prompt(
+        "Password", hide_input=True, confirmation_prompt=True
+    )
+    if not 8 <= len(password) <= 128:
+        typer.echo("password must be 8..128 characters", err=True)
+        raise typer.Exit(2)
+
+    async def work(runtime: Keystile, session: AsyncSession) -> int:
+        user = await users_service.create_user(
+            session, email=email, password=password, is_admin=admin, now=runtime.clock()
+        )
+        await session.commit()
+        return user.id
+
+    try:
+        user_id = _with_session(work)
+    except users_service.EmailTakenError:
+        typer.echo(f"a user with email {email} already exists", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"created user {user_id} ({email}){' as admin' if admin else ''}")
+
+
+@keys_app.command("create")
+def keys_create(
+    email: Annotated[str, typer.Option(help="Owner of the new key.")],
+    name: Annotated[str, typer.Option(help="A name for the key.")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated scopes.")] = "",
+    rate_limit: Annotated[str | None, typer.Option("--rate-limit", help="<requests>/<seconds>, e.g. 100/60.")] = None,
+    expires_in: Annotated[int | None, typer.Option("--expires-in", help="Lifetime in seconds.")] = None,
+) -> None:
+    """Issue a key and print it once."""
+    try:
+        policy = RateLimit.parse(rate_limit) if rate_limit else None
+        spec = KeyCreate(
+            name=name,
+            scopes=[scope.strip() for scope in scopes.split(",") if scope.strip()],
+            expires_in=expires_in,
+            rate_limit=RateLimitSpec(limit=policy.limit, window_seconds=policy.window_seconds) if policy else None,
+        )
+    except ValueError as error:
+        typer.echo(f"invalid key settings: {error}", err=True)
+        raise typer.Exit(2) from None
+
+    async def work(runtime: Keystile, session: AsyncSession) -> str | None:
+        owner = await users_service.get_by_email(session, email)
+        if owner is None:
+            return None
+        issued = await keys_service.create_key(
+            session,
+            owner_id=owner.id,
+            spec=spec,
+            prefix=runtime.settings.key_prefix,
+            pepper=runtime.pepper,
+            now=runtime.clock(),
+        )
+        await session.commit()
+        return issued.raw
+
+    raw = _with_session(work)
+    if raw is None:
+        typer.echo(f"no user with email {email}", err=True)
+        raise typer.Exit(1)
+    typer.echo(raw)
+
+
+@keys_app.command("list")
+def keys_list(email: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None) -> None:
+    """List keys (never the keys themselves: id, hint, name, owner, state)."""
+
+    async def work(runtime: Keystile, session: AsyncSession) -> list[str] | None:
+        owner_id = None
+        if email is not None:
+            owner = await users_service.get_by_email(session, email)
+            if owner is None:
+                return None
+            owner_id = owner.id
+        rows = await keys_service.list_keys(session, owner_id=owner_id, limit=10_000, offset=0)
+        return [
+            f"{row.id}\t{row.hint}\t{row.name}\towner={row.user_id}\t{'active' if row.is_active else 'revoked'}"
+            for row in rows
+        ]
+
+    lines = _with_session(work)
+    if lines is None:
+        typer.echo(f"no user with email {email}", err=True)
+        raise typer.Exit(1)
+    for line in lines:
+        typer.echo(line)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_pk: Annotated[int, typer.Argument(metavar="ID", help="The key's integer id.")]) -> None:
+    """Revoke a key; it never works again."""
+
+    async def work(runtime: Keystile, session: AsyncSession) -> bool:
+        try:
+            row = await keys_service.get_key(session, key_pk=key_pk, owner_id=None, for_update=True)
+        except keys_service.KeyNotFoundError:
+            return False
+        await keys_service.revoke_key(session, row, actor_id=row.user_id, now=runtime.clock(), ip=None)
+        await session.commit()
+        return True
+
+    if not _with_session(work):
+        typer.echo(f"no key with id {key_pk}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked key {key_pk}")
+
+
+@keys_app.command("verify")
+def keys_verify(key: Annotated[str, typer.Argument(metavar="KEY", help="The raw key to check.")]) -> None:
+    """Check a key: exit status 0 when it is valid, 1 when not."""
+
+    async def work(runtime: Keystile, _session: AsyncSession) -> str:
+        return (await verify_key(runtime, key)).outcome.value
+
+    outcome = _with_session(work)
+    typer.echo(outcome)
+    raise typer.Exit(0 if outcome == "VALID" else 1)

@@ -1,0 +1,1 @@
+"""API keys: format, storage, lifecycle and verification."""

@@ -1,0 +1,117 @@
+"""The key format of API.md section 1: `<prefix>_<key_id>_<secret><checksum>`.
+
+Everything here is pure and does no I/O, so a malformed or mistyped key is rejected before any database, cache or
+Redis is touched. Hashing is HMAC-SHA256 with a server-side pepper: keys carry 256 bits of randomness, so a slow
+password hash would add latency without adding security (an attacker cannot enumerate a 2**256 space), while the
+pepper means a stolen database alone does not let anyone test candidate keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import zlib
+from dataclasses import dataclass, field
+
+BASE62_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+KEY_ID_LENGTH = 12
+SECRET_BYTES = 32
+SECRET_LENGTH = 43  # ceil(256 / log2(62)) base62 digits hold 32 bytes
+CHECKSUM_LENGTH = 6  # 62**6 > 2**32 holds any CRC-32
+MAX_PRESENTED_KEY_LENGTH = 512
+HASH_SCHEME = "hmac-sha256-v1"
+PREFIX_PATTERN = r"[a-z][a-z0-9_]{0,15}"
+
+_BASE62_RUN = re.compile(r"[0-9A-Za-z]+")
+_TAIL_LENGTH = SECRET_LENGTH + CHECKSUM_LENGTH
+
+
+def secret_scanner_regex(prefix: str = "ks") -> str:
+    """The regex published in the README for secret scanners."""
+    return rf"\b{re.escape(prefix)}_[0-9A-Za-z]{{{KEY_ID_LENGTH}}}_[0-9A-Za-z]{{{_TAIL_LENGTH}}}\b"
+
+
+def base62_encode(number: int, width: int) -> str:
+    digits = []
+    while number:
+        number, remainder = divmod(number, 62)
+        digits.append(BASE62_ALPHABET[remainder])
+    encoded = "".join(reversed(digits))
+    if len(encoded) > width:
+        raise ValueError(f"{number} does not fit in {width} base62 digits")
+    return encoded.rjust(width, "0")
+
+
+def checksum(body: str) -> str:
+    """CRC-32 of `<prefix>_<key_id>_<secret>` in 6 base62 digits: catches typos and truncation without I/O."""
+    return base62_encode(zlib.crc32(body.encode("ascii")), CHECKSUM_LENGTH)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedKey:
+    """A key whose shape and checksum are right. It may still be unknown or wrong: that takes a lookup."""
+
+    prefix: str
+    key_id: str
+    raw: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    key_id: str
+    raw: str = field(repr=False)
+
+    @property
+    def hint(self) -> str:
+        return hint_for(self.raw)
+
+
+def generate_key(prefix: str) -> NewKey:
+    key_id = "".join(secrets.choice(BASE62_ALPHABET) for _ in range(KEY_ID_LENGTH))
+    secret = base62_encode(int.from_bytes(secrets.token_bytes(SECRET_BYTES), "big"), SECRET_LENGTH)
+    body = f"{prefix}_{key_id}_{secret}"
+    return NewKey(key_id=key_id, raw=body + checksum(body))
+
+
+def parse_key(presented: str, prefix: str) -> ParsedKey | None:
+    """Return the parsed key, or None when it is not a well-formed key of this deployment."""
+    if len(presented) > MAX_PRESENTED_KEY_LENGTH or not presented.isascii():
+        return None
+    # The prefix may itself contain "_", but key_id and tail never do: split from the right.
+    parts = presented.rsplit("_", 2)
+    if len(parts) != 3:
+        return None
+    key_prefix, key_id, tail = parts
+    if (
+        key_prefix != prefix
+        or len(key_id) != KEY_ID_LENGTH
+        or len(tail) != _TAIL_LENGTH
+        or not _BASE62_RUN.fullmatch(key_id)
+        or not _BASE62_RUN.fullmatch(tail)
+    ):
+        return None
+    body, presented_checksum = presented[:-CHECKSUM_LENGTH], presented[-CHECKSUM_LENGTH:]
+    if not hmac.compare_digest(checksum(body), presented_checksum):
+        return None
+    return ParsedKey(prefix=key_prefix, key_id=key_id, raw=presented)
+
+
+def derive_pepper(secret_key: str) -> bytes:
+    """A key for hashing API keys, separate from the JWT signing key though both come from SECRET_KEY."""
+    return hmac.new(secret_key.encode(), b"keystile api-key pepper v1", hashlib.sha256).digest()
+
+
+def hash_key(raw: str, pepper: bytes) -> str:
+    return hmac.new(pepper, raw.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def hashes_match(presented_hash: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(presented_hash, stored_hash)
+
+
+def hint_for(raw: str) -> str:
+    """What the API shows instead of the key: prefix, key_id and last 4 characters, e.g. `ks_4fZq8Lr2Xy0B_…Z01a`."""
+    head, _, _ = raw.rpartition("_")
+    return f"{head}_…{raw[-4:]}"

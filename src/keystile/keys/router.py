@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+
+from keystile.deps import ClientIP, CurrentUser, RuntimeDep, SessionDep, ip_text
+from keystile.keys import service
+from keystile.keys.models import ApiKey
+from keystile.keys.schemas import KeyCreate, KeyCreated, KeyRead, Name
+from keystile.runtime import Keystile
+
+router = APIRouter(prefix="/keys", tags=["keys"])
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such key, or not yours"}}
+Limit = Annotated[int, Query(ge=1, le=100)]
+Offset = Annotated[int, Query(ge=0, le=2**31)]
+
+
+def key_not_found() -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail="API key not found")
+
+
+def validation_error(field_name: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": ("body", field_name), "msg": message}])
+
+
+def read_key(runtime: Keystile, row: ApiKey) -> KeyRead:
+    """The key as stored, plus uses still buffered in this process, so a read after a use reflects it."""
+    pending = runtime.usage.pending_for(row.id)
+    if pending is None:
+        return KeyRead.from_row(row)
+    last_used = max(row.last_used_at, pending.last_used_at) if row.last_used_at else pending.last_used_at
+    return KeyRead.from_row(row, use_count=row.use_count + pending.count, last_used_at=last_used)
+
+
+@router.post(
+    "/",
+    status_code=status.HTTP_201_CREATED,
+    response_model=KeyCreated,
+    summary="Issue a key (the raw key is in this response only)",
+    description="Give `?name=` (as in the lesson) or a JSON body, not both. Sent with `Cache-Control: no-store`.",
+)
+@router.post("", include_in_schema=False, status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
+async def create_key(
+    response: Response,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    user: CurrentUser,
+    ip: ClientIP,
+    name: Annotated[Name | None, Query()] = None,
+    body: Annotated[KeyCreate | None, Body()] = None,
+) -> KeyCreated:
+    if (name is None) == (body is None):
+        raise validation_error("name", "give the name as ?name= or a JSON body, exactly one of them")
+    spec = body if body is not None else KeyCreate(name=name)
+    try:
+        issued = await service.create_key(
+            session,
+            owner_id=user.id,
+            spec=spec,
+            prefix=runtime.settings.key_prefix,
+            pepper=runtime.pepper,
+            now=runtime.clock(),
+            ip=ip_text(ip),
+        )
+    except service.InvalidKeySettingsError as error:
+        raise validation_error(error.field_name, str(error)) from None
+    await session.commit()
+    response.headers["Cache-Control"] = "no-store"
+    return KeyCreated(**KeyRead.from_row(issued.row).model_dump(), key=issued.raw)
+
+
+@router.get("/", response_model=list[KeyRead], summary="Your keys, newest first")
+async def list_keys(
+    runtime: RuntimeDep, session: SessionDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0
+) -> list[KeyRead]:
+    rows = await service.list_keys(session, owner_id=user.id, limit=limit, offset=offset)
+    return [read_key(runtime, row) for row in rows]
+
+
+@router.get("/{key_pk}", response_model=KeyRead, responses=_NOT_FOUND)
+async def get_key(key_pk: int, runtime: RuntimeDep, session: SessionDep, user: CurrentUser) -> KeyRead:
+    try:
+        row = await service.get_key(session, key_pk=key_pk, owner_id=user.id)
+    except service.KeyNotFoundError:
+        raise key_not_found() from None
+    return read_key(runtime, row)
+
+
+@router.post("/{key_pk}/revoke", response_model=KeyRead, responses=_NOT_FOUND)
+async def revoke_key(key_pk: int, runtime: RuntimeDep, session: SessionDep, user: CurrentUser, ip: ClientIP) -> KeyRead:
+    return await revoke_and_read(runtime, session, key_pk=key_pk, owner_id=user.id, actor_id=user.id, ip=ip_text(ip))
+
+
+async def revoke_and_read(
+    runtime: Keystile,
+    session: SessionDep,
+    *,
+    key_pk: int,
+    owner_id: int | None,
+    actor_id: int,
+    ip: str | None,
+) -> KeyRead:
+    """Shared by the owner's and the admin's revoke: they differ only in whose keys they may reach."""
+    try:
+        row = await service.get_key(session, key_pk=key_pk, owner_id=owner_id, for_update=True)
+    except service.KeyNotFoundError:
+        raise key_not_found() from None
+    await service.revoke_key(session, row, actor_id=actor_id, now=runtime.clock(), ip=ip)
+    await session.commit()
+    return read_key(runtime, row)

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import ipaddress
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from keystile.keys.models import ApiKey
+
+MAX_METADATA_BYTES = 4096
+MAX_SCOPES = 50
+MAX_IP_ALLOWLIST = 100
+MAX_EXPIRES_IN_SECONDS = 10 * 365 * 86_400
+
+# Printable text without control characters: NUL in particular is rejected by PostgreSQL, so reject it first.
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Scope = Annotated[str, Field(pattern=r"^[a-z][a-z0-9:._-]{0,63}$")]
+Scopes = Annotated[list[Scope], Field(max_length=MAX_SCOPES)]
+
+
+def _valid_networks(entries: list[str]) -> list[str]:
+    normalized = []
+    for entry in entries:
+        try:
+            normalized.append(str(ipaddress.ip_network(entry.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"not an IP address or CIDR block: {entry[:64]!r}") from None
+    return normalized
+
+
+def _small_json_object(value: dict[str, Any]) -> dict[str, Any]:
+    encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
+    if "\\u0000" in encoded:
+        raise ValueError("metadata must not contain NUL characters")
+    return value
+
+
+IpAllowlist = Annotated[
+    list[Annotated[str, Field(max_length=64)]],
+    Field(max_length=MAX_IP_ALLOWLIST),
+    AfterValidator(_valid_networks),
+]
+Metadata = Annotated[dict[str, Any], AfterValidator(_small_json_object)]
+
+
+class RateLimitSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(ge=1, le=1_000_000_000, strict=True)
+    window_seconds: int = Field(ge=1, le=31_536_000, strict=True)
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    scopes: Scopes = Field(default_factory=list)
+    expires_at: AwareDatetime | None = None
+    expires_in: int | None = Field(default=None, ge=1, le=MAX_EXPIRES_IN_SECONDS, description="seconds from now")
+    rate_limit: RateLimitSpec | None = None
+    quota: int | None = Field(default=None, ge=0, le=2**62, description="total requests allowed; null: unlimited")
+    ip_allowlist: IpAllowlist = Field(default_factory=list)
+    metadata: Metadata = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> KeyCreate:
+        if self.expires_at is not None and self.expires_in is not None:
+            raise ValueError("give expires_at or expires_in, not both")
+        return self
+
+
+class KeyRead(BaseModel):
+    id: int
+    hint: str
+    name: str
+    owner_id: int
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    rate_limit: RateLimitSpec | None
+    quota_remaining: int | None
+    ip_allowlist: list[str]
+    metadata: dict[str, Any]
+    is_active: bool
+    last_used_at: datetime | None
+    use_count: int
+    revoked_at: datetime | None
+    rotated_from: int | None
+
+    @classmethod
+    def from_row(cls, row: ApiKey, **overrides: Any) -> KeyRead:
+        rate_limit = None
+        if row.rate_limit is not None and row.rate_limit_window_seconds is not None:
+            rate_limit = RateLimitSpec(limit=row.rate_limit, window_seconds=row.rate_limit_window_seconds)
+        fields: dict[str, Any] = {
+            "id": row.id,
+            "hint": row.hint,
+            "name": row.name,
+            "owner_id": row.user_id,
+            "scopes": row.scopes,
+            "created_at": row.created_at,
+            "expires_at": row.expires_at,
+            "rate_limit": rate_limit,
+            "quota_remaining": row.quota_remaining,
+            "ip_allowlist": row.ip_allowlist,
+            "metadata": row.key_metadata,
+            "is_active": row.is_active,
+            "last_used_at": row.last_used_at,
+            "use_count": row.use_count,
+            "revoked_at": row.revoked_at,
+            "rotated_from": row.rotated_from,
+        }
+        return cls(**(fields | overrides))
+
+
+class KeyCreated(KeyRead):
+    key: str = Field(description="The raw key. Shown this once: only a hash is stored, so copy it now.")

@@ -1,0 +1,68 @@
+"""`Keystile`: everything one running instance owns (engine, pepper, clock, usage buffer), with its lifespan.
+
+The service app and any FastAPI app that embeds keystile as a library hold one of these in `app.state.keystile`;
+the dependencies in `keystile.fastapi` find it there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from keystile.clock import Clock, system_clock
+from keystile.db import create_engine, create_session_factory
+from keystile.keys.format import derive_pepper
+from keystile.net import parse_networks
+from keystile.settings import Settings
+from keystile.usage.recorder import UsageRecorder
+
+logger = logging.getLogger(__name__)
+
+USAGE_FLUSH_INTERVAL_SECONDS = 5.0
+
+
+class Keystile:
+    def __init__(self, settings: Settings | None = None, *, clock: Clock = system_clock) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.clock = clock
+        secret_key = self.settings.resolved_secret_key()
+        self.signing_key = secret_key
+        self.pepper = derive_pepper(secret_key)
+        self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
+        self.engine = create_engine(self.settings.database_url)
+        self.session_factory = create_session_factory(self.engine)
+        self.usage = UsageRecorder(self.session_factory)
+
+    def __repr__(self) -> str:
+        return f"Keystile(database={self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def install(self, app: FastAPI) -> None:
+        """Make this instance the one that `app`'s keystile dependencies use."""
+        app.state.keystile = self
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        self.install(app)
+        flusher = asyncio.create_task(self.usage.run_periodically(USAGE_FLUSH_INTERVAL_SECONDS))
+        try:
+            yield {}
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            try:
+                await self.usage.flush()
+            finally:
+                await self.engine.dispose()
+
+
+def runtime_of(request: Request) -> Keystile:
+    runtime = getattr(request.app.state, "keystile", None)
+    if not isinstance(runtime, Keystile):
+        raise RuntimeError("keystile is not installed on this app: use Keystile(...).lifespan or .install(app)")
+    return runtime

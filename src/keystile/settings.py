@@ -1,0 +1,141 @@
+"""Deployment settings, read from `KEYSTILE_*` environment variables (API.md section 4).
+
+Settings are built on demand (`Settings()` inside `create_app` or a CLI command), never at import time, so tests and
+embedding apps can pass their own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+# JWT HS256 keys shorter than the hash output weaken the MAC (RFC 7518 section 3.2).
+MIN_SECRET_KEY_BYTES = 32
+
+
+class RateLimit:
+    """A parsed `<requests>/<seconds>` policy."""
+
+    __slots__ = ("limit", "window_seconds")
+
+    def __init__(self, limit: int, window_seconds: int) -> None:
+        self.limit = limit
+        self.window_seconds = window_seconds
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        requests, sep, seconds = text.strip().partition("/")
+        if not sep or not requests.isdigit() or not seconds.isdigit():
+            raise ValueError(f"expected '<requests>/<seconds>', e.g. '100/60', got {text!r}")
+        limit, window = int(requests), int(seconds)
+        if not 1 <= limit <= 1_000_000_000 or not 1 <= window <= 31_536_000:
+            raise ValueError("requests must be 1..1e9 and seconds 1..31536000")
+        return cls(limit, window)
+
+    def __repr__(self) -> str:
+        return f"RateLimit({self.limit}/{self.window_seconds})"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KEYSTILE_", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./keystile.db"
+    redis_url: str | None = None
+    secret_key: SecretStr | None = None
+    key_prefix: str = Field(default="ks", pattern=r"^[a-z][a-z0-9_]{0,15}$")
+    accept_query_key: bool = False
+    default_rate_limit: str | None = None
+    rate_limit_failure: Literal["open", "closed"] = "open"
+    allow_registration: bool = True
+    jwt_ttl_seconds: int = Field(default=900, ge=30, le=86_400 * 30)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Not in the public contract, but tunable: brute-force limits on /auth/token (API.md section 3).
+    login_max_failures_per_email: int = Field(default=10, ge=1)
+    login_max_failures_per_ip: int = Field(default=30, ge=1)
+    login_failure_window_seconds: int = Field(default=900, ge=1)
+
+    @field_validator("redis_url", "default_rate_limit", "secret_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("default_rate_limit")
+    @classmethod
+    def _default_rate_limit_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            RateLimit.parse(value)
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_KEY_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_KEY_BYTES} bytes")
+        return value
+
+    @property
+    def is_embedded(self) -> bool:
+        return make_url(self.database_url).get_backend_name() == "sqlite"
+
+    @property
+    def parsed_default_rate_limit(self) -> RateLimit | None:
+        return RateLimit.parse(self.default_rate_limit) if self.default_rate_limit else None
+
+    def resolved_secret_key(self) -> str:
+        """The configured secret, or in embedded mode one generated once and kept beside the SQLite file."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        if not self.is_embedded:
+            raise RuntimeError("KEYSTILE_SECRET_KEY is required unless the database is SQLite")
+        return _load_or_create_secret(_secret_path_for(self.database_url))
+
+
+def _secret_path_for(database_url: str) -> Path:
+    database = make_url(database_url).database
+    if not database or database == ":memory:":
+        return Path("keystile.secret").resolve()
+    return Path(database).resolve().with_suffix(".secret")
+
+
+def _load_or_create_secret(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write a private temporary file, then link it into place: link() fails if the name exists, so two processes
+    # starting at once agree on one secret and neither can read a half-written file.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_urlsafe(48))
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    finally:
+        temporary.unlink()
+    return path.read_text().strip()

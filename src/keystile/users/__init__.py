@@ -1,0 +1,1 @@
+"""Users: registration, password login, JWT access tokens."""

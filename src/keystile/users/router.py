@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+from keystile.audit import service as audit
+from keystile.deps import ClientIP, CurrentUser, RuntimeDep, SessionDep, ip_text
+from keystile.users import service
+from keystile.users.schemas import Token, UserCreate, UserRead
+from keystile.users.tokens import issue_access_token
+
+router = APIRouter(tags=["users"])
+
+_BAD_CREDENTIALS = HTTPException(
+    status.HTTP_401_UNAUTHORIZED,
+    detail="Incorrect email or password",
+    headers={"WWW-Authenticate": "Bearer"},
+)
+
+
+@router.post(
+    "/auth/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserRead,
+    responses={
+        403: {"description": "Registration is closed"},
+        409: {"description": "Email already registered"},
+    },
+)
+async def register(body: UserCreate, runtime: RuntimeDep, session: SessionDep, ip: ClientIP) -> UserRead:
+    if not runtime.settings.allow_registration:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Registration is closed")
+    try:
+        user = await service.create_user(
+            session, email=body.email, password=body.password, now=runtime.clock(), ip=ip_text(ip)
+        )
+    except service.EmailTakenError:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail="Email already registered") from None
+    await session.commit()
+    return UserRead.model_validate(user)
+
+
+@router.post("/auth/token", response_model=Token, responses={401: {"description": "Bad credentials"}})
+async def login(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    runtime: RuntimeDep,
+    session: SessionDep,
+    ip: ClientIP,
+) -> Token:
+    user, ok = await service.authenticate(session, email=form.username, password=form.password)
+    if user is None or not ok:
+        audit.record(
+            session,
+            at=runtime.clock(),
+            action="user.login_failed",
+            actor_id=user.id if user else None,
+            ip=ip_text(ip),
+        )
+        await session.commit()
+        raise _BAD_CREDENTIALS
+    ttl = runtime.settings.jwt_ttl_seconds
+    token = issue_access_token(user_id=user.id, signing_key=runtime.signing_key, now=runtime.clock(), ttl_seconds=ttl)
+    return Token(access_token=token, expires_in=ttl)
+
+
+@router.get("/users/me", response_model=UserRead)
+async def me(user: CurrentUser) -> UserRead:
+    return UserRead.model_validate(user)
