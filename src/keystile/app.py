@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from keystile import __version__, data, ops
 from keystile.audit import router as audit_router
 from keystile.clock import Clock, system_clock
+from keystile.keys import admin_router, verify_router
 from keystile.keys import router as keys_router
 from keystile.limits import BodySizeLimit
 from keystile.logs import install_redaction
@@ -25,7 +26,16 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     runtime = Keystile(settings if settings is not None else Settings(), clock=clock)
     app = FastAPI(title="keystile", version=__version__, description=DESCRIPTION, lifespan=runtime.lifespan)
     runtime.install(app)
-    for router in (users_router.router, keys_router.router, data.router, audit_router.router, ops.router):
+    routers = (
+        users_router.router,
+        keys_router.router,
+        verify_router.router,
+        admin_router.router,
+        data.router,
+        audit_router.router,
+        ops.router,
+    )
+    for router in routers:
         app.include_router(router)
     app.add_middleware(BodySizeLimit)
     return app

@@ -28,7 +28,7 @@ HEADER_NAME = "X-API-Key"
 QUERY_NAME = "api_key"
 INVALID_KEY_DETAIL = "Invalid or expired API key"
 
-_api_key_header = APIKeyHeader(
+api_key_header = APIKeyHeader(
     name=HEADER_NAME,
     auto_error=False,
     description="An API key issued by POST /keys/. `?api_key=` is accepted only when the deployment enables it.",
@@ -48,7 +48,7 @@ def _unauthorized(detail: str) -> HTTPException:
 async def authenticate_api_key(
     request: Request,
     security_scopes: SecurityScopes,
-    header_key: Annotated[str | None, Security(_api_key_header)],
+    header_key: Annotated[str | None, Security(api_key_header)],
 ) -> KeyRecord:
     """Verify the request's key and return its record; answer 401, 403 or 429 as API.md section 2 says."""
     runtime = runtime_of(request)

@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from keystile.deps import ClientIP, CurrentUser, RuntimeDep, SessionDep, ip_text
 from keystile.keys import service
 from keystile.keys.models import ApiKey
-from keystile.keys.schemas import KeyCreate, KeyCreated, KeyRead, Name
+from keystile.keys.schemas import KeyCreate, KeyCreated, KeyRead, KeyUpdate, Name, RotateRequest
 from keystile.runtime import Keystile
 
 router = APIRouter(prefix="/keys", tags=["keys"])
@@ -87,6 +87,61 @@ async def get_key(key_pk: int, runtime: RuntimeDep, session: SessionDep, user: C
     except service.KeyNotFoundError:
         raise key_not_found() from None
     return read_key(runtime, row)
+
+
+@router.patch("/{key_pk}", response_model=KeyRead, responses=_NOT_FOUND)
+async def update_key(
+    key_pk: int, changes: KeyUpdate, runtime: RuntimeDep, session: SessionDep, user: CurrentUser, ip: ClientIP
+) -> KeyRead:
+    row = await _owned_key_for_update(session, key_pk, user.id)
+    try:
+        await service.update_key(session, row, changes=changes, actor_id=user.id, now=runtime.clock(), ip=ip_text(ip))
+    except service.InvalidKeySettingsError as error:
+        raise validation_error(error.field_name, str(error)) from None
+    await session.commit()
+    return read_key(runtime, row)
+
+
+@router.post(
+    "/{key_pk}/rotate",
+    status_code=status.HTTP_201_CREATED,
+    response_model=KeyCreated,
+    responses=_NOT_FOUND | {409: {"description": "The key is revoked, expired or already rotated"}},
+    summary="Replace a key with a new one; the old one works for grace_seconds more",
+)
+async def rotate_key(
+    key_pk: int,
+    response: Response,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    user: CurrentUser,
+    ip: ClientIP,
+    body: Annotated[RotateRequest | None, Body()] = None,
+) -> KeyCreated:
+    row = await _owned_key_for_update(session, key_pk, user.id)
+    try:
+        issued = await service.rotate_key(
+            session,
+            row,
+            grace_seconds=(body or RotateRequest()).grace_seconds,
+            prefix=runtime.settings.key_prefix,
+            pepper=runtime.pepper,
+            actor_id=user.id,
+            now=runtime.clock(),
+            ip=ip_text(ip),
+        )
+    except service.KeyStateConflictError as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
+    await session.commit()
+    response.headers["Cache-Control"] = "no-store"
+    return KeyCreated(**KeyRead.from_row(issued.row).model_dump(), key=issued.raw)
+
+
+async def _owned_key_for_update(session: SessionDep, key_pk: int, owner_id: int) -> ApiKey:
+    try:
+        return await service.get_key(session, key_pk=key_pk, owner_id=owner_id, for_update=True)
+    except service.KeyNotFoundError:
+        raise key_not_found() from None
 
 
 @router.post("/{key_pk}/revoke", response_model=KeyRead, responses=_NOT_FOUND)

@@ -73,6 +73,36 @@ class KeyCreate(BaseModel):
         return self
 
 
+class KeyUpdate(BaseModel):
+    """A partial update: only the fields present change; `null` clears expires_at, rate_limit and quota."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name | None = None
+    scopes: Scopes | None = None
+    expires_at: AwareDatetime | None = None
+    expires_in: int | None = Field(default=None, ge=1, le=MAX_EXPIRES_IN_SECONDS, description="seconds from now")
+    rate_limit: RateLimitSpec | None = None
+    quota: int | None = Field(default=None, ge=0, le=2**62)
+    ip_allowlist: IpAllowlist | None = None
+    metadata: Metadata | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KeyUpdate:
+        if "expires_at" in self.model_fields_set and "expires_in" in self.model_fields_set:
+            raise ValueError("give expires_at or expires_in, not both")
+        for required in ("name", "scopes", "ip_allowlist", "metadata", "expires_in"):
+            if required in self.model_fields_set and getattr(self, required) is None:
+                raise ValueError(f"{required} cannot be null")
+        return self
+
+
+class RotateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_seconds: int = Field(default=0, ge=0, le=604_800, description="how long the old key keeps working")
+
+
 class KeyRead(BaseModel):
     id: int
     hint: str

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keystile.audit import service as audit
 from keystile.keys import format as key_format
 from keystile.keys.models import ApiKey
-from keystile.keys.schemas import KeyCreate
+from keystile.keys.schemas import KeyCreate, KeyUpdate, RateLimitSpec
 
 # A key_id collision needs two draws of 71 bits to meet; retrying covers the astronomically unlucky case.
 _KEY_ID_ATTEMPTS = 3
@@ -46,8 +46,12 @@ async def create_key(
     now: datetime,
     ip: str | None = None,
     rotated_from: int | None = None,
+    expires_at: datetime | None = None,
+    audit_action: str | None = "key.created",
 ) -> IssuedKey:
-    expires_at = _expiry(spec, now)
+    """Issue a key; `expires_at` (already checked) overrides the spec's, for rotation, which copies the old expiry."""
+    if expires_at is None:
+        expires_at = _expiry(spec, now)
     for attempt in range(_KEY_ID_ATTEMPTS):
         new_key = key_format.generate_key(prefix)
         row = ApiKey(
@@ -77,7 +81,8 @@ async def create_key(
                 raise
             continue
         break
-    audit.record(session, at=now, action="key.created", actor_id=owner_id, api_key_id=row.id, ip=ip)
+    if audit_action is not None:
+        audit.record(session, at=now, action=audit_action, actor_id=owner_id, api_key_id=row.id, ip=ip)
     return IssuedKey(row=row, raw=new_key.raw)
 
 
@@ -118,3 +123,99 @@ async def revoke_key(session: AsyncSession, row: ApiKey, *, actor_id: int, now: 
     row.revoked_at = now
     audit.record(session, at=now, action="key.revoked", actor_id=actor_id, api_key_id=row.id, ip=ip)
     return True
+
+
+class KeyStateConflictError(Exception):
+    """The key's state forbids the change (e.g. rotating a revoked or expired key)."""
+
+
+async def update_key(
+    session: AsyncSession, row: ApiKey, *, changes: KeyUpdate, actor_id: int, now: datetime, ip: str | None
+) -> None:
+    """Apply the fields present in `changes`; record one `key.updated` event naming them."""
+    fields = changes.model_fields_set
+    if "expires_in" in fields:
+        assert changes.expires_in is not None
+        row.expires_at = now + timedelta(seconds=changes.expires_in)
+    if "expires_at" in fields:
+        if changes.expires_at is not None and changes.expires_at <= now:
+            raise InvalidKeySettingsError("expires_at", "expires_at must lie in the future")
+        row.expires_at = changes.expires_at
+    if changes.name is not None:
+        row.name = changes.name
+    if "scopes" in fields:
+        row.scopes = list(changes.scopes or [])
+    if "ip_allowlist" in fields:
+        row.ip_allowlist = list(changes.ip_allowlist or [])
+    if "metadata" in fields:
+        row.key_metadata = dict(changes.metadata or {})
+    if "rate_limit" in fields:
+        row.rate_limit = changes.rate_limit.limit if changes.rate_limit else None
+        row.rate_limit_window_seconds = changes.rate_limit.window_seconds if changes.rate_limit else None
+    if "quota" in fields:
+        row.quota_remaining = changes.quota
+    audit.record(
+        session,
+        at=now,
+        action="key.updated",
+        actor_id=actor_id,
+        api_key_id=row.id,
+        ip=ip,
+        detail={"fields": sorted(fields)},
+    )
+
+
+async def rotate_key(
+    session: AsyncSession,
+    row: ApiKey,
+    *,
+    grace_seconds: int,
+    prefix: str,
+    pepper: bytes,
+    actor_id: int,
+    now: datetime,
+    ip: str | None,
+) -> IssuedKey:
+    """Issue a successor with the same settings; the old key works until the grace ends, then is refused.
+
+    A key is rotated at most once: a second rotation would fork its history into two live successors.
+    """
+    if not row.is_active:
+        raise KeyStateConflictError("a revoked key cannot be rotated")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise KeyStateConflictError("an expired key cannot be rotated")
+    if await session.scalar(select(ApiKey.id).where(ApiKey.rotated_from == row.id)) is not None:
+        raise KeyStateConflictError("this key was already rotated")
+    spec = KeyCreate(
+        name=row.name,
+        scopes=row.scopes,
+        rate_limit=RateLimitSpec(limit=row.rate_limit, window_seconds=row.rate_limit_window_seconds)
+        if row.rate_limit is not None and row.rate_limit_window_seconds is not None
+        else None,
+        quota=row.quota_remaining,
+        ip_allowlist=row.ip_allowlist,
+        metadata=row.key_metadata,
+    )
+    issued = await create_key(
+        session,
+        owner_id=row.user_id,
+        spec=spec,
+        prefix=prefix,
+        pepper=pepper,
+        now=now,
+        rotated_from=row.id,
+        expires_at=row.expires_at,
+        audit_action=None,
+    )
+    grace_end = now + timedelta(seconds=grace_seconds)
+    row.expires_at = grace_end if row.expires_at is None else min(row.expires_at, grace_end)
+    audit.record(
+        session,
+        at=now,
+        action="key.rotated",
+        actor_id=actor_id,
+        api_key_id=row.id,
+        ip=ip,
+        detail={"new_api_key_id": issued.row.id, "grace_seconds": grace_seconds},
+    )
+    return issued

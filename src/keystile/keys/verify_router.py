@@ -1,0 +1,97 @@
+"""`POST /v1/keys/verify`: the hot path as a service, for gateways and other services (API.md section 3)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Request, Security, status
+from fastapi.security import SecurityScopes
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
+
+from keystile.deps import OptionalUser, RuntimeDep
+from keystile.fastapi import api_key_header, authenticate_api_key
+from keystile.keys.verification import Outcome, verify_key
+
+router = APIRouter(prefix="/v1/keys", tags=["verify"])
+
+VERIFY_SCOPE = "keys:verify"
+
+
+class VerifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(max_length=4096, description="The key to check, as presented to you")
+    scopes: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=50)
+    cost: int = Field(default=1, ge=0, le=1_000_000, description="How much this call draws from rate limit and quota")
+    ip: IPvAnyAddress | None = Field(default=None, description="The client's address, for keys with an allowlist")
+
+
+class RateLimitState(BaseModel):
+    limit: int
+    remaining: int
+    reset_seconds: int
+
+
+class VerifyResponse(BaseModel):
+    valid: bool
+    code: Outcome
+    api_key_id: int | None = None
+    owner_id: int | None = None
+    name: str | None = None
+    scopes: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+    expires_at: datetime | None = None
+    ratelimit: RateLimitState | None = None
+    quota_remaining: int | None = None
+
+
+async def _authorize_caller(
+    request: Request,
+    user: OptionalUser,
+    header_key: Annotated[str | None, Security(api_key_header)],
+) -> None:
+    """An admin's bearer token, or an API key holding `keys:verify`."""
+    if user is not None:
+        if not user.is_admin:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Admin privileges or scope keys:verify required")
+        return
+    if not header_key:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="Admin bearer token or API key with scope keys:verify required",
+            headers={"WWW-Authenticate": "Bearer, APIKey"},
+        )
+    await authenticate_api_key(request, SecurityScopes([VERIFY_SCOPE]), header_key)
+
+
+@router.post(
+    "/verify",
+    response_model=VerifyResponse,
+    summary="Check a key for another service",
+    description=(
+        "Caller: an admin's Bearer JWT, or an API key with scope `keys:verify`. Always 200 for a well-formed call; "
+        "`code` says why a key is not valid. A malformed key, an unknown key and a wrong secret are all `NOT_FOUND`."
+    ),
+    responses={401: {"description": "No caller credentials"}, 403: {"description": "Caller not allowed"}},
+)
+async def verify(
+    body: VerifyRequest,
+    runtime: RuntimeDep,
+    _caller: Annotated[None, Security(_authorize_caller)],
+) -> VerifyResponse:
+    verification = await verify_key(runtime, body.key, required_scopes=body.scopes, client_ip=body.ip)
+    record = verification.key
+    if record is None:
+        return VerifyResponse(valid=False, code=verification.outcome)
+    return VerifyResponse(
+        valid=verification.valid,
+        code=verification.outcome,
+        api_key_id=record.id,
+        owner_id=record.user_id,
+        name=record.name,
+        scopes=sorted(record.scopes),
+        metadata=dict(record.metadata),
+        expires_at=record.expires_at,
+        quota_remaining=record.quota_remaining,
+    )
