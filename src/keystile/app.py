@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 
 from keystile import __version__, data, ops
 from keystile.audit import router as audit_router
 from keystile.clock import Clock, system_clock
+from keystile.fastapi import limiter_unavailable
 from keystile.keys import admin_router, verify_router
 from keystile.keys import router as keys_router
 from keystile.limits import BodySizeLimit
 from keystile.logs import install_redaction
+from keystile.ratelimit.guard import LimiterClosedError
 from keystile.runtime import Keystile
 from keystile.settings import Settings
 from keystile.users import router as users_router
@@ -38,4 +41,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodySizeLimit)
+    app.add_exception_handler(LimiterClosedError, _limiter_closed)
     return app
+
+
+async def _limiter_closed(request: Request, exc: Exception) -> Response:
+    """Any route that needs a limiter decision while Redis is down and RATE_LIMIT_FAILURE=closed."""
+    return await http_exception_handler(request, limiter_unavailable())

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import HTTPException, Request, Security, status
+from fastapi import HTTPException, Request, Response, Security, status
 from fastapi.security import APIKeyHeader, SecurityScopes
 
 from keystile.keys.verification import KeyRecord, Outcome, verify_key
 from keystile.net import IPAddress, client_address
-from keystile.runtime import runtime_of
+from keystile.ratelimit.base import Decision
+from keystile.ratelimit.guard import LimiterClosedError
+from keystile.runtime import Keystile, runtime_of
 
 HEADER_NAME = "X-API-Key"
 QUERY_NAME = "api_key"
@@ -45,12 +47,44 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "APIKey"})
 
 
+def rate_limit_headers(decision: Decision | None) -> dict[str, str]:
+    """The IETF draft fields (draft-ietf-httpapi-ratelimit-headers): the policy, and where this key stands in it."""
+    if decision is None:
+        return {}
+    window = decision.window_seconds
+    return {
+        "RateLimit-Policy": f'"key";q={decision.limit};w={window}',
+        "RateLimit": f'"key";r={decision.remaining};t={decision.reset_seconds}',
+    }
+
+
+async def _refuse_failed_attempt(runtime: Keystile, address: IPAddress | None) -> HTTPException:
+    """A 401, or a 429 once this address has failed too often.
+
+    Only failures are counted and only failures are refused, so a valid key from the same address still works:
+    an attacker can slow themselves down but cannot lock out a key holder.
+    """
+    policy = runtime.key_failure_limit
+    decision = await runtime.limits.hit(
+        f"keyfail:{address}", limit=policy.limit, window_seconds=policy.window_seconds, cost=1, now=runtime.clock()
+    )
+    if decision is not None and not decision.allowed:
+        runtime.metrics.rate_limited.labels("key_failures").inc()
+        return HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail="Too many failed API key attempts",
+            headers={"Retry-After": str(decision.retry_after)},
+        )
+    return _unauthorized(INVALID_KEY_DETAIL)
+
+
 async def authenticate_api_key(
     request: Request,
+    response: Response,
     security_scopes: SecurityScopes,
     header_key: Annotated[str | None, Security(api_key_header)],
 ) -> KeyRecord:
-    """Verify the request's key and return its record; answer 401, 403 or 429 as API.md section 2 says."""
+    """Verify the request's key and return its record; answer 401, 403, 429 or 503 as API.md section 2 says."""
     runtime = runtime_of(request)
     accept_query = runtime.settings.accept_query_key
     query_key = request.query_params.get(QUERY_NAME)
@@ -61,22 +95,45 @@ async def authenticate_api_key(
         where = f"header {HEADER_NAME} or query ?{QUERY_NAME}=" if accept_query else f"header {HEADER_NAME}"
         raise _unauthorized(f"API key required ({where})")
 
-    verification = await verify_key(
-        runtime, presented, required_scopes=security_scopes.scopes, client_ip=client_ip(request)
+    address = client_ip(request)
+    try:
+        verification = await verify_key(runtime, presented, required_scopes=security_scopes.scopes, client_ip=address)
+        headers = rate_limit_headers(verification.ratelimit)
+        match verification.outcome:
+            case Outcome.VALID:
+                assert verification.key is not None
+                response.headers.update(headers)
+                return verification.key
+            case Outcome.INSUFFICIENT_SCOPES:
+                detail = f"API key lacks required scope: {verification.missing_scope}"
+                raise HTTPException(status.HTTP_403_FORBIDDEN, detail=detail)
+            case Outcome.IP_NOT_ALLOWED:
+                raise HTTPException(status.HTTP_403_FORBIDDEN, detail="API key not allowed from this address")
+            case Outcome.RATE_LIMITED:
+                assert verification.ratelimit is not None
+                runtime.metrics.rate_limited.labels("rate_limit").inc()
+                headers["Retry-After"] = str(verification.ratelimit.retry_after)
+                raise HTTPException(
+                    status.HTTP_429_TOO_MANY_REQUESTS, detail="API key rate limit exceeded", headers=headers
+                )
+            case Outcome.QUOTA_EXCEEDED:
+                runtime.metrics.rate_limited.labels("quota").inc()
+                raise HTTPException(
+                    status.HTTP_429_TOO_MANY_REQUESTS, detail="API key quota exhausted", headers=headers
+                )
+            case _:
+                raise await _refuse_failed_attempt(runtime, address)
+    except LimiterClosedError:
+        raise limiter_unavailable() from None
+
+
+def limiter_unavailable() -> HTTPException:
+    """RATE_LIMIT_FAILURE=closed while the backend is down: refuse rather than serve unlimited."""
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail="Rate limiting is unavailable and this deployment fails closed",
+        headers={"Retry-After": "1"},
     )
-    match verification.outcome:
-        case Outcome.VALID:
-            assert verification.key is not None
-            return verification.key
-        case Outcome.INSUFFICIENT_SCOPES:
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                detail=f"API key lacks required scope: {verification.missing_scope}",
-            )
-        case Outcome.IP_NOT_ALLOWED:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, detail="API key not allowed from this address")
-        case _:
-            raise _unauthorized(INVALID_KEY_DETAIL)
 
 
 APIKeyAuth = Annotated[KeyRecord, Security(authenticate_api_key)]

@@ -17,7 +17,13 @@ from fastapi import FastAPI, Request
 from keystile.clock import Clock, system_clock
 from keystile.db import create_engine, create_session_factory
 from keystile.keys.format import derive_pepper
+from keystile.keys.quota import QuotaLedger
+from keystile.metrics import Metrics
 from keystile.net import parse_networks
+from keystile.ratelimit.base import RateLimiter
+from keystile.ratelimit.guard import LimiterGuard
+from keystile.ratelimit.memory import MemoryRateLimiter
+from keystile.ratelimit.redis import RedisRateLimiter
 from keystile.settings import Settings
 from keystile.usage.recorder import UsageRecorder
 
@@ -37,6 +43,15 @@ class Keystile:
         self.engine = create_engine(self.settings.database_url)
         self.session_factory = create_session_factory(self.engine)
         self.usage = UsageRecorder(self.session_factory)
+        self.quotas = QuotaLedger(self.session_factory)
+        self.metrics = Metrics()
+        default = self.settings.parsed_default_rate_limit
+        self.default_rate_limit_policy = (default.limit, default.window_seconds) if default else None
+        self.key_failure_limit = self.settings.parsed_key_failure_limit
+        limiter: RateLimiter = (
+            RedisRateLimiter.from_url(self.settings.redis_url) if self.settings.redis_url else MemoryRateLimiter()
+        )
+        self.limits = LimiterGuard(limiter, failure_mode=self.settings.rate_limit_failure, metrics=self.metrics)
 
     def __repr__(self) -> str:
         return f"Keystile(database={self.engine.url.render_as_string(hide_password=True)!r})"
@@ -57,7 +72,9 @@ class Keystile:
                 await flusher
             try:
                 await self.usage.flush()
+                await self.quotas.release_all()
             finally:
+                await self.limits.limiter.close()
                 await self.engine.dispose()
 
 

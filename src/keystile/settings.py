@@ -62,15 +62,17 @@ class Settings(BaseSettings):
     login_max_failures_per_email: int = Field(default=10, ge=1)
     login_max_failures_per_ip: int = Field(default=30, ge=1)
     login_failure_window_seconds: int = Field(default=900, ge=1)
+    # Failed API-key attempts per client address: stricter than normal traffic (see docs/RATE_LIMITS.md).
+    key_failure_limit: str = "30/60"
 
     @field_validator("redis_url", "default_rate_limit", "secret_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("default_rate_limit")
+    @field_validator("default_rate_limit", "key_failure_limit")
     @classmethod
-    def _default_rate_limit_parses(cls, value: str | None) -> str | None:
+    def _rate_limit_parses(cls, value: str | None) -> str | None:
         if value is not None:
             RateLimit.parse(value)
         return value
@@ -103,6 +105,10 @@ class Settings(BaseSettings):
     @property
     def parsed_default_rate_limit(self) -> RateLimit | None:
         return RateLimit.parse(self.default_rate_limit) if self.default_rate_limit else None
+
+    @property
+    def parsed_key_failure_limit(self) -> RateLimit:
+        return RateLimit.parse(self.key_failure_limit)
 
     def resolved_secret_key(self) -> str:
         """The configured secret, or in embedded mode one generated once and kept beside the SQLite file."""

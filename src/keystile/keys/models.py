@@ -34,6 +34,9 @@ class ApiKey(Base):
     rate_limit: Mapped[int | None] = mapped_column(Integer, default=None)
     rate_limit_window_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
     quota_remaining: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # During a rotation's grace the old key draws from its successor's balance: this names the key whose
+    # quota_remaining a use of this key spends (None: its own).
+    quota_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
     rotated_from: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
 
     def __repr__(self) -> str:

@@ -27,12 +27,15 @@ def validation_error(field_name: str, message: str) -> RequestValidationError:
 
 
 def read_key(runtime: Keystile, row: ApiKey) -> KeyRead:
-    """The key as stored, plus uses still buffered in this process, so a read after a use reflects it."""
+    """The key as stored, plus what this process holds in memory: buffered uses and unspent quota leases."""
+    overrides: dict[str, Any] = {}
+    if row.quota_remaining is not None:
+        overrides["quota_remaining"] = row.quota_remaining + runtime.quotas.local_balance(row.id)
     pending = runtime.usage.pending_for(row.id)
-    if pending is None:
-        return KeyRead.from_row(row)
-    last_used = max(row.last_used_at, pending.last_used_at) if row.last_used_at else pending.last_used_at
-    return KeyRead.from_row(row, use_count=row.use_count + pending.count, last_used_at=last_used)
+    if pending is not None:
+        last_used = max(row.last_used_at, pending.last_used_at) if row.last_used_at else pending.last_used_at
+        overrides |= {"use_count": row.use_count + pending.count, "last_used_at": last_used}
+    return KeyRead.from_row(row, **overrides)
 
 
 @router.post(
@@ -99,6 +102,8 @@ async def update_key(
     except service.InvalidKeySettingsError as error:
         raise validation_error(error.field_name, str(error)) from None
     await session.commit()
+    if "quota" in changes.model_fields_set:
+        runtime.quotas.forget(row.id)
     return read_key(runtime, row)
 
 
@@ -124,6 +129,7 @@ async def rotate_key(
             session,
             row,
             grace_seconds=(body or RotateRequest()).grace_seconds,
+            unspent_quota_lease=runtime.quotas.local_balance(row.id),
             prefix=runtime.settings.key_prefix,
             pepper=runtime.pepper,
             actor_id=user.id,
@@ -133,6 +139,7 @@ async def rotate_key(
     except service.KeyStateConflictError as error:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
     await session.commit()
+    runtime.quotas.forget(row.id)
     response.headers["Cache-Control"] = "no-store"
     return KeyCreated(**KeyRead.from_row(issued.row).model_dump(), key=issued.raw)
 

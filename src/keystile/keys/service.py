@@ -154,6 +154,7 @@ async def update_key(
         row.rate_limit_window_seconds = changes.rate_limit.window_seconds if changes.rate_limit else None
     if "quota" in fields:
         row.quota_remaining = changes.quota
+        row.quota_key_id = None
     audit.record(
         session,
         at=now,
@@ -170,6 +171,7 @@ async def rotate_key(
     row: ApiKey,
     *,
     grace_seconds: int,
+    unspent_quota_lease: int = 0,
     prefix: str,
     pepper: bytes,
     actor_id: int,
@@ -207,6 +209,11 @@ async def rotate_key(
         expires_at=row.expires_at,
         audit_action=None,
     )
+    if row.quota_remaining is not None:
+        # One balance for both keys: it moves to the new key, and the old one spends from it until the grace ends.
+        issued.row.quota_remaining = row.quota_remaining + unspent_quota_lease
+        row.quota_remaining = None
+        row.quota_key_id = issued.row.id
     grace_end = now + timedelta(seconds=grace_seconds)
     row.expires_at = grace_end if row.expires_at is None else min(row.expires_at, grace_end)
     audit.record(

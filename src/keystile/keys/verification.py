@@ -5,6 +5,7 @@ One function serves the FastAPI dependency and the verify endpoint, so both give
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +18,7 @@ from sqlalchemy import select
 from keystile.keys import format as key_format
 from keystile.keys.models import ApiKey
 from keystile.net import IPAddress, IPNetwork, in_networks, parse_networks
+from keystile.ratelimit.base import Decision
 
 if TYPE_CHECKING:
     from keystile.runtime import Keystile
@@ -50,6 +52,13 @@ class KeyRecord:
     rate_limit: int | None
     rate_limit_window_seconds: int | None
     quota_remaining: int | None
+    quota_holder_id: int | None  # whose balance a use spends; None: no quota
+
+    @property
+    def policy(self) -> tuple[int, int] | None:
+        if self.rate_limit is None or self.rate_limit_window_seconds is None:
+            return None
+        return self.rate_limit, self.rate_limit_window_seconds
 
     @classmethod
     def from_row(cls, row: ApiKey) -> KeyRecord:
@@ -67,6 +76,7 @@ class KeyRecord:
             rate_limit=row.rate_limit,
             rate_limit_window_seconds=row.rate_limit_window_seconds,
             quota_remaining=row.quota_remaining,
+            quota_holder_id=row.quota_key_id or (row.id if row.quota_remaining is not None else None),
         )
 
 
@@ -75,6 +85,8 @@ class Verification:
     outcome: Outcome
     key: KeyRecord | None = None
     missing_scope: str | None = None
+    ratelimit: Decision | None = None
+    quota_remaining: int | None = None
 
     @property
     def valid(self) -> bool:
@@ -96,8 +108,22 @@ async def verify_key(
     *,
     required_scopes: Collection[str] = (),
     client_ip: IPAddress | None = None,
+    cost: int = 1,
 ) -> Verification:
-    """Decide whether `presented` may be used now; record the use when it may."""
+    """Decide whether `presented` may be used now, spending `cost` from its rate limit and quota when it may.
+
+    Raises LimiterClosedError when the rate-limit backend is down and RATE_LIMIT_FAILURE is `closed`.
+    """
+    started = time.perf_counter()
+    verification = await _verify(runtime, presented, required_scopes, client_ip, cost)
+    runtime.metrics.verification_seconds.observe(time.perf_counter() - started)
+    runtime.metrics.verifications.labels(verification.outcome.value).inc()
+    return verification
+
+
+async def _verify(
+    runtime: Keystile, presented: str, required_scopes: Collection[str], client_ip: IPAddress | None, cost: int
+) -> Verification:
     parsed = key_format.parse_key(presented, runtime.settings.key_prefix)
     if parsed is None:
         return _NOT_FOUND
@@ -116,5 +142,20 @@ async def verify_key(
     for scope in required_scopes:
         if scope not in record.scopes:
             return Verification(Outcome.INSUFFICIENT_SCOPES, record, missing_scope=scope)
+
+    decision = None
+    policy = record.policy or runtime.default_rate_limit_policy
+    if policy is not None:
+        limit, window_seconds = policy
+        decision = await runtime.limits.hit(
+            f"key:{record.id}", limit=limit, window_seconds=window_seconds, cost=cost, now=now
+        )
+        if decision is not None and not decision.allowed:
+            return Verification(Outcome.RATE_LIMITED, record, ratelimit=decision)
+    quota_remaining = None
+    if record.quota_holder_id is not None:
+        quota_remaining = await runtime.quotas.consume(record.quota_holder_id, cost)
+        if quota_remaining is None:
+            return Verification(Outcome.QUOTA_EXCEEDED, record, ratelimit=decision, quota_remaining=0)
     runtime.usage.record(record.id, now)
-    return Verification(Outcome.VALID, record)
+    return Verification(Outcome.VALID, record, ratelimit=decision, quota_remaining=quota_remaining)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, Security, status
+from fastapi import APIRouter, HTTPException, Request, Response, Security, status
 from fastapi.security import SecurityScopes
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
 from keystile.deps import OptionalUser, RuntimeDep
 from keystile.fastapi import api_key_header, authenticate_api_key
 from keystile.keys.verification import Outcome, verify_key
+from keystile.ratelimit.base import Decision
 
 router = APIRouter(prefix="/v1/keys", tags=["verify"])
 
@@ -32,6 +33,12 @@ class RateLimitState(BaseModel):
     remaining: int
     reset_seconds: int
 
+    @classmethod
+    def from_decision(cls, decision: Decision | None) -> RateLimitState | None:
+        if decision is None:
+            return None
+        return cls(limit=decision.limit, remaining=decision.remaining, reset_seconds=decision.reset_seconds)
+
 
 class VerifyResponse(BaseModel):
     valid: bool
@@ -48,6 +55,7 @@ class VerifyResponse(BaseModel):
 
 async def _authorize_caller(
     request: Request,
+    response: Response,
     user: OptionalUser,
     header_key: Annotated[str | None, Security(api_key_header)],
 ) -> None:
@@ -62,7 +70,7 @@ async def _authorize_caller(
             detail="Admin bearer token or API key with scope keys:verify required",
             headers={"WWW-Authenticate": "Bearer, APIKey"},
         )
-    await authenticate_api_key(request, SecurityScopes([VERIFY_SCOPE]), header_key)
+    await authenticate_api_key(request, response, SecurityScopes([VERIFY_SCOPE]), header_key)
 
 
 @router.post(
@@ -80,7 +88,7 @@ async def verify(
     runtime: RuntimeDep,
     _caller: Annotated[None, Security(_authorize_caller)],
 ) -> VerifyResponse:
-    verification = await verify_key(runtime, body.key, required_scopes=body.scopes, client_ip=body.ip)
+    verification = await verify_key(runtime, body.key, required_scopes=body.scopes, client_ip=body.ip, cost=body.cost)
     record = verification.key
     if record is None:
         return VerifyResponse(valid=False, code=verification.outcome)
@@ -93,5 +101,6 @@ async def verify(
         scopes=sorted(record.scopes),
         metadata=dict(record.metadata),
         expires_at=record.expires_at,
-        quota_remaining=record.quota_remaining,
+        ratelimit=RateLimitState.from_decision(verification.ratelimit),
+        quota_remaining=verification.quota_remaining,
     )

@@ -7,7 +7,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from keystile.audit import service as audit
 from keystile.deps import ClientIP, CurrentUser, RuntimeDep, SessionDep, ip_text
-from keystile.users import service
+from keystile.users import service, throttle
 from keystile.users.schemas import Token, UserCreate, UserRead
 from keystile.users.tokens import issue_access_token
 
@@ -42,15 +42,28 @@ async def register(body: UserCreate, runtime: RuntimeDep, session: SessionDep, i
     return UserRead.model_validate(user)
 
 
-@router.post("/auth/token", response_model=Token, responses={401: {"description": "Bad credentials"}})
+@router.post(
+    "/auth/token",
+    response_model=Token,
+    responses={401: {"description": "Bad credentials"}, 429: {"description": "Too many failed attempts"}},
+)
 async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     runtime: RuntimeDep,
     session: SessionDep,
     ip: ClientIP,
 ) -> Token:
+    wait = await throttle.seconds_locked(runtime, form.username, ip)
+    if wait is not None:
+        runtime.metrics.rate_limited.labels("login_failures").inc()
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail="Too many failed login attempts",
+            headers={"Retry-After": str(wait)},
+        )
     user, ok = await service.authenticate(session, email=form.username, password=form.password)
     if user is None or not ok:
+        await throttle.record_failure(runtime, form.username, ip)
         audit.record(
             session,
             at=runtime.clock(),

@@ -1,0 +1,60 @@
+"""What happens around a limiter decision: RATE_LIMIT_FAILURE, once-per-incident logging, and recovery.
+
+While the backend is failing, it is retried at most once per `RETRY_INTERVAL_SECONDS` (a request in between gets the
+configured failure mode at once instead of waiting for a timeout), so limiting resumes without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import Literal
+
+from keystile.metrics import Metrics
+from keystile.ratelimit.base import Decision, LimiterUnavailableError, RateLimiter
+
+logger = logging.getLogger(__name__)
+
+RETRY_INTERVAL_SECONDS = 1.0
+
+
+class LimiterClosedError(Exception):
+    """The backend is down and RATE_LIMIT_FAILURE=closed: the request must be refused (503)."""
+
+
+class LimiterGuard:
+    def __init__(self, limiter: RateLimiter, *, failure_mode: Literal["open", "closed"], metrics: Metrics) -> None:
+        self.limiter = limiter
+        self._failure_mode = failure_mode
+        self._metrics = metrics
+        self._failing_since: float | None = None
+        self._next_attempt = 0.0
+
+    @property
+    def healthy(self) -> bool:
+        return self._failing_since is None
+
+    async def hit(self, bucket: str, *, limit: int, window_seconds: int, cost: int, now: datetime) -> Decision | None:
+        """The decision, or None when the backend is down and the failure mode is open."""
+        if self._failing_since is not None and time.monotonic() < self._next_attempt:
+            self._fail_if_closed()
+            return None
+        try:
+            decision = await self.limiter.hit(bucket, limit=limit, window_seconds=window_seconds, cost=cost, now=now)
+        except LimiterUnavailableError as error:
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                self._metrics.limiter_failures.inc()
+                logger.error("rate limiter backend unreachable, failing %s: %s", self._failure_mode, error)
+            self._next_attempt = time.monotonic() + RETRY_INTERVAL_SECONDS
+            self._fail_if_closed()
+            return None
+        if self._failing_since is not None:
+            logger.warning("rate limiter backend is back after %.1fs", time.monotonic() - self._failing_since)
+            self._failing_since = None
+        return decision
+
+    def _fail_if_closed(self) -> None:
+        if self._failure_mode == "closed":
+            raise LimiterClosedError
