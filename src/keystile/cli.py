@@ -44,6 +44,8 @@ def _with_session(work: Callable[[Keystile, AsyncSession], Awaitable[T]]) -> T:
             await runtime.usage.flush()
             return result
         finally:
+            await runtime.invalidator.close()
+            await runtime.limits.limiter.close()
             await runtime.engine.dispose()
 
     return asyncio.run(run())
@@ -188,6 +190,7 @@ def keys_revoke(key_pk: Annotated[int, typer.Argument(metavar="ID", help="The ke
             return False
         await keys_service.revoke_key(session, row, actor_id=row.user_id, now=runtime.clock(), ip=None)
         await session.commit()
+        await runtime.key_changed(row.key_id, row.id)
         return True
 
     if not _with_session(work):

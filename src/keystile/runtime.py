@@ -16,7 +16,9 @@ from fastapi import FastAPI, Request
 
 from keystile.clock import Clock, system_clock
 from keystile.db import create_engine, create_session_factory
+from keystile.keys.cache import KeyCache
 from keystile.keys.format import derive_pepper
+from keystile.keys.invalidation import Invalidator
 from keystile.keys.quota import QuotaLedger
 from keystile.metrics import Metrics
 from keystile.net import parse_networks
@@ -52,6 +54,16 @@ class Keystile:
             RedisRateLimiter.from_url(self.settings.redis_url) if self.settings.redis_url else MemoryRateLimiter()
         )
         self.limits = LimiterGuard(limiter, failure_mode=self.settings.rate_limit_failure, metrics=self.metrics)
+        self.key_cache = KeyCache()
+        self.invalidator = Invalidator(self._forget_key, self.key_cache.clear, self.settings.redis_url)
+
+    def _forget_key(self, key_id: str, api_key_id: int) -> None:
+        self.key_cache.invalidate(key_id)
+        self.quotas.forget(api_key_id)
+
+    async def key_changed(self, key_id: str, api_key_id: int) -> None:
+        """Call after committing any change to a key: no instance may go on using its old state."""
+        await self.invalidator.key_changed(key_id, api_key_id)
 
     def __repr__(self) -> str:
         return f"Keystile(database={self.engine.url.render_as_string(hide_password=True)!r})"
@@ -63,17 +75,21 @@ class Keystile:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         self.install(app)
-        flusher = asyncio.create_task(self.usage.run_periodically(USAGE_FLUSH_INTERVAL_SECONDS))
+        background = [
+            asyncio.create_task(self.usage.run_periodically(USAGE_FLUSH_INTERVAL_SECONDS)),
+            asyncio.create_task(self.invalidator.listen()),
+        ]
         try:
             yield {}
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             try:
                 await self.usage.flush()
                 await self.quotas.release_all()
             finally:
+                await self.invalidator.close()
                 await self.limits.limiter.close()
                 await self.engine.dispose()
 

@@ -102,8 +102,7 @@ async def update_key(
     except service.InvalidKeySettingsError as error:
         raise validation_error(error.field_name, str(error)) from None
     await session.commit()
-    if "quota" in changes.model_fields_set:
-        runtime.quotas.forget(row.id)
+    await runtime.key_changed(row.key_id, row.id)
     return read_key(runtime, row)
 
 
@@ -139,7 +138,7 @@ async def rotate_key(
     except service.KeyStateConflictError as error:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
     await session.commit()
-    runtime.quotas.forget(row.id)
+    await runtime.key_changed(row.key_id, row.id)
     response.headers["Cache-Control"] = "no-store"
     return KeyCreated(**KeyRead.from_row(issued.row).model_dump(), key=issued.raw)
 
@@ -172,4 +171,5 @@ async def revoke_and_read(
         raise key_not_found() from None
     await service.revoke_key(session, row, actor_id=actor_id, now=runtime.clock(), ip=ip)
     await session.commit()
+    await runtime.key_changed(row.key_id, row.id)
     return read_key(runtime, row)

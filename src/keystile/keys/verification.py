@@ -97,9 +97,15 @@ _NOT_FOUND = Verification(Outcome.NOT_FOUND)
 
 
 async def load_record(runtime: Keystile, key_id: str) -> KeyRecord | None:
+    """The key's record from the cache, else from the database (and then cached, known or unknown)."""
+    record = runtime.key_cache.get(key_id)
+    if record is not None or runtime.key_cache.is_known_unknown(key_id):
+        return record
     async with runtime.session_factory() as session:
         row = await session.scalar(select(ApiKey).where(ApiKey.key_id == key_id))
-        return KeyRecord.from_row(row) if row is not None else None
+    record = KeyRecord.from_row(row) if row is not None else None
+    runtime.key_cache.put(key_id, record)
+    return record
 
 
 async def verify_key(
