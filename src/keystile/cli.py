@@ -68,6 +68,12 @@ def serve(
     import uvicorn
 
     settings = _settings()
+    if workers > 1 and not settings.redis_url:
+        typer.echo(
+            "warning: without KEYSTILE_REDIS_URL each worker keeps its own rate-limit counters and key cache;"
+            " limits are then per worker and a revoke reaches other workers only when their cache entry expires",
+            err=True,
+        )
     settings.resolved_secret_key()  # create the embedded secret once, before workers race for it
     migrations.upgrade(settings.database_url)
     uvicorn.run(

@@ -51,7 +51,6 @@ class KeyRecord:
     is_active: bool
     rate_limit: int | None
     rate_limit_window_seconds: int | None
-    quota_remaining: int | None
     quota_holder_id: int | None  # whose balance a use spends; None: no quota
 
     @property
@@ -75,7 +74,6 @@ class KeyRecord:
             is_active=row.is_active,
             rate_limit=row.rate_limit,
             rate_limit_window_seconds=row.rate_limit_window_seconds,
-            quota_remaining=row.quota_remaining,
             quota_holder_id=row.quota_key_id or (row.id if row.quota_remaining is not None else None),
         )
 
