@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from keystile.deps import AdminUser, ClientIP, RuntimeDep, SessionDep, ip_text
 from keystile.keys import service
-from keystile.keys.router import Limit, Offset, read_key, revoke_and_read
+from keystile.keys.router import MAX_ID, KeyPk, Limit, Offset, read_key, revoke_and_read
 from keystile.keys.schemas import KeyRead
 
 router = APIRouter(prefix="/admin", tags=["admin"], responses={403: {"description": "Not an admin"}})
@@ -21,7 +21,7 @@ async def list_all_keys(
     _admin: AdminUser,
     limit: Limit = 50,
     offset: Offset = 0,
-    owner_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    owner_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> list[KeyRead]:
     rows = await service.list_keys(session, owner_id=owner_id, limit=limit, offset=offset)
     return [read_key(runtime, row) for row in rows]
@@ -29,6 +29,6 @@ async def list_all_keys(
 
 @router.post("/keys/{key_pk}/revoke", response_model=KeyRead, responses={404: {"description": "No such key"}})
 async def admin_revoke_key(
-    key_pk: int, runtime: RuntimeDep, session: SessionDep, admin: AdminUser, ip: ClientIP
+    key_pk: KeyPk, runtime: RuntimeDep, session: SessionDep, admin: AdminUser, ip: ClientIP
 ) -> KeyRead:
     return await revoke_and_read(runtime, session, key_pk=key_pk, owner_id=None, actor_id=admin.id, ip=ip_text(ip))

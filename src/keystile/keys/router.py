@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keystile.deps import ClientIP, CurrentUser, RuntimeDep, SessionDep, ip_text
 from keystile.keys import service
@@ -15,6 +16,9 @@ router = APIRouter(prefix="/keys", tags=["keys"])
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such key, or not yours"}}
 Limit = Annotated[int, Query(ge=1, le=100)]
+# Integer ids are 32-bit in PostgreSQL: a larger one would fail in the driver (a 500) instead of being "not found".
+MAX_ID = 2**31 - 1
+KeyPk = Annotated[int, Path(ge=1, le=MAX_ID, description="The key's integer id")]
 Offset = Annotated[int, Query(ge=0, le=2**31)]
 
 
@@ -84,7 +88,7 @@ async def list_keys(
 
 
 @router.get("/{key_pk}", response_model=KeyRead, responses=_NOT_FOUND)
-async def get_key(key_pk: int, runtime: RuntimeDep, session: SessionDep, user: CurrentUser) -> KeyRead:
+async def get_key(key_pk: KeyPk, runtime: RuntimeDep, session: SessionDep, user: CurrentUser) -> KeyRead:
     try:
         row = await service.get_key(session, key_pk=key_pk, owner_id=user.id)
     except service.KeyNotFoundError:
@@ -94,9 +98,9 @@ async def get_key(key_pk: int, runtime: RuntimeDep, session: SessionDep, user: C
 
 @router.patch("/{key_pk}", response_model=KeyRead, responses=_NOT_FOUND)
 async def update_key(
-    key_pk: int, changes: KeyUpdate, runtime: RuntimeDep, session: SessionDep, user: CurrentUser, ip: ClientIP
+    key_pk: KeyPk, changes: KeyUpdate, runtime: RuntimeDep, session: SessionDep, user: CurrentUser, ip: ClientIP
 ) -> KeyRead:
-    row = await _owned_key_for_update(session, key_pk, user.id)
+    row = await _key_for_update(session, key_pk, user.id)
     try:
         await service.update_key(session, row, changes=changes, actor_id=user.id, now=runtime.clock(), ip=ip_text(ip))
     except service.InvalidKeySettingsError as error:
@@ -114,7 +118,7 @@ async def update_key(
     summary="Replace a key with a new one; the old one works for grace_seconds more",
 )
 async def rotate_key(
-    key_pk: int,
+    key_pk: KeyPk,
     response: Response,
     runtime: RuntimeDep,
     session: SessionDep,
@@ -122,7 +126,7 @@ async def rotate_key(
     ip: ClientIP,
     body: Annotated[RotateRequest | None, Body()] = None,
 ) -> KeyCreated:
-    row = await _owned_key_for_update(session, key_pk, user.id)
+    row = await _key_for_update(session, key_pk, user.id)
     try:
         issued = await service.rotate_key(
             session,
@@ -143,7 +147,8 @@ async def rotate_key(
     return KeyCreated(**KeyRead.from_row(issued.row).model_dump(), key=issued.raw)
 
 
-async def _owned_key_for_update(session: SessionDep, key_pk: int, owner_id: int) -> ApiKey:
+async def _key_for_update(session: AsyncSession, key_pk: int, owner_id: int | None) -> ApiKey:
+    """The key, locked for the change, if `owner_id` owns it (None: any owner, for admins); else 404."""
     try:
         return await service.get_key(session, key_pk=key_pk, owner_id=owner_id, for_update=True)
     except service.KeyNotFoundError:
@@ -151,13 +156,15 @@ async def _owned_key_for_update(session: SessionDep, key_pk: int, owner_id: int)
 
 
 @router.post("/{key_pk}/revoke", response_model=KeyRead, responses=_NOT_FOUND)
-async def revoke_key(key_pk: int, runtime: RuntimeDep, session: SessionDep, user: CurrentUser, ip: ClientIP) -> KeyRead:
+async def revoke_key(
+    key_pk: KeyPk, runtime: RuntimeDep, session: SessionDep, user: CurrentUser, ip: ClientIP
+) -> KeyRead:
     return await revoke_and_read(runtime, session, key_pk=key_pk, owner_id=user.id, actor_id=user.id, ip=ip_text(ip))
 
 
 async def revoke_and_read(
     runtime: Keystile,
-    session: SessionDep,
+    session: AsyncSession,
     *,
     key_pk: int,
     owner_id: int | None,
@@ -165,10 +172,7 @@ async def revoke_and_read(
     ip: str | None,
 ) -> KeyRead:
     """Shared by the owner's and the admin's revoke: they differ only in whose keys they may reach."""
-    try:
-        row = await service.get_key(session, key_pk=key_pk, owner_id=owner_id, for_update=True)
-    except service.KeyNotFoundError:
-        raise key_not_found() from None
+    row = await _key_for_update(session, key_pk, owner_id)
     await service.revoke_key(session, row, actor_id=actor_id, now=runtime.clock(), ip=ip)
     await session.commit()
     await runtime.key_changed(row.key_id, row.id)
