@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 
 from keystile import __version__, data, ops
 from keystile.audit import router as audit_router
 from keystile.clock import Clock, system_clock
+from keystile.errors import request_validation_error
 from keystile.fastapi import limiter_unavailable
 from keystile.keys import admin_router, verify_router
 from keystile.keys import router as keys_router
@@ -42,6 +44,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         app.include_router(router)
     app.add_middleware(BodySizeLimit)
     app.add_exception_handler(LimiterClosedError, _limiter_closed)
+    app.add_exception_handler(RequestValidationError, request_validation_error)
     return app
 
 
