@@ -14,6 +14,7 @@ import re
 import secrets
 import zlib
 from dataclasses import dataclass, field
+from functools import cache
 
 BASE62_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 KEY_ID_LENGTH = 12
@@ -24,7 +25,7 @@ MAX_PRESENTED_KEY_LENGTH = 512
 HASH_SCHEME = "hmac-sha256-v1"
 PREFIX_PATTERN = r"[a-z][a-z0-9_]{0,15}"
 
-_BASE62_RUN = re.compile(r"[0-9A-Za-z]+")
+_SHA256_BLOCK = 64
 _TAIL_LENGTH = SECRET_LENGTH + CHECKSUM_LENGTH
 
 
@@ -77,25 +78,33 @@ def generate_key(prefix: str) -> NewKey:
 
 def parse_key(presented: str, prefix: str) -> ParsedKey | None:
     """Return the parsed key, or None when it is not a well-formed key of this deployment."""
-    if len(presented) > MAX_PRESENTED_KEY_LENGTH or not presented.isascii():
+    if len(presented) > MAX_PRESENTED_KEY_LENGTH:
         return None
-    # The prefix may itself contain "_", but key_id and tail never do: split from the right.
-    parts = presented.rsplit("_", 2)
-    if len(parts) != 3:
+    # The prefix may itself contain "_", but key_id and tail never do, so one anchored pattern splits it exactly.
+    match = _key_pattern(prefix).fullmatch(presented)
+    if match is None:
         return None
-    key_prefix, key_id, tail = parts
-    if (
-        key_prefix != prefix
-        or len(key_id) != KEY_ID_LENGTH
-        or len(tail) != _TAIL_LENGTH
-        or not _BASE62_RUN.fullmatch(key_id)
-        or not _BASE62_RUN.fullmatch(tail)
-    ):
+    # The checksum is not a secret (anyone holding the key can compute it), so a plain comparison is fine here;
+    # decoding the 6 presented digits is cheaper than encoding the CRC, and this runs for every garbage key.
+    if _base62_decode(presented[-CHECKSUM_LENGTH:]) != zlib.crc32(presented[:-CHECKSUM_LENGTH].encode("ascii")):
         return None
-    body, presented_checksum = presented[:-CHECKSUM_LENGTH], presented[-CHECKSUM_LENGTH:]
-    if not hmac.compare_digest(checksum(body), presented_checksum):
-        return None
-    return ParsedKey(prefix=key_prefix, key_id=key_id, raw=presented)
+    return ParsedKey(prefix=prefix, key_id=match.group(1), raw=presented)
+
+
+@cache
+def _key_pattern(prefix: str) -> re.Pattern[str]:
+    # re.ASCII keeps [0-9A-Za-z] from matching anything outside ASCII.
+    return re.compile(rf"{re.escape(prefix)}_([0-9A-Za-z]{{{KEY_ID_LENGTH}}})_[0-9A-Za-z]{{{_TAIL_LENGTH}}}", re.ASCII)
+
+
+_BASE62_VALUE = {character: value for value, character in enumerate(BASE62_ALPHABET)}
+
+
+def _base62_decode(digits: str) -> int:
+    value = 0
+    for digit in digits:
+        value = value * 62 + _BASE62_VALUE[digit]
+    return value
 
 
 def derive_pepper(secret_key: str) -> bytes:
@@ -104,7 +113,26 @@ def derive_pepper(secret_key: str) -> bytes:
 
 
 def hash_key(raw: str, pepper: bytes) -> str:
-    return hmac.new(pepper, raw.encode("ascii"), hashlib.sha256).hexdigest()
+    """HMAC-SHA256 (RFC 2104) of the key with the pepper, hex.
+
+    The pepper's inner and outer hash states are computed once and copied per key, which halves the cost of
+    `hmac.new` on the hot path; tests check the result equals `hmac.new(pepper, raw, sha256)`.
+    """
+    inner_start, outer_start = _hmac_states(pepper)
+    inner = inner_start.copy()
+    inner.update(raw.encode("ascii"))
+    outer = outer_start.copy()
+    outer.update(inner.digest())
+    return outer.hexdigest()
+
+
+@cache
+def _hmac_states(pepper: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    block = (hashlib.sha256(pepper).digest() if len(pepper) > _SHA256_BLOCK else pepper).ljust(_SHA256_BLOCK, b"\0")
+    return (
+        hashlib.sha256(bytes(byte ^ 0x36 for byte in block)),
+        hashlib.sha256(bytes(byte ^ 0x5C for byte in block)),
+    )
 
 
 def hashes_match(presented_hash: str, stored_hash: str) -> bool:

@@ -120,8 +120,7 @@ async def verify_key(
     """
     started = time.perf_counter()
     verification = await _verify(runtime, presented, required_scopes, client_ip, cost)
-    runtime.metrics.verification_seconds.observe(time.perf_counter() - started)
-    runtime.metrics.verifications.labels(verification.outcome.value).inc()
+    runtime.metrics.verified(verification.outcome.value, time.perf_counter() - started)
     return verification
 
 
