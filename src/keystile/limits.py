@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY_BYTES = 64 * 1024
+_DETAIL = "Request body too large (limit 64 KiB)"
 
 
-class _BodyTooLargeError(Exception):
-    pass
+class _BodyTooLargeError(HTTPException):
+    """Raised from `receive()` for a streamed body: an HTTPException, so FastAPI's body parsing passes it on as a 413
+    instead of wrapping it in a 400, and the middleware still answers 413 for apps that let it propagate."""
+
+    def __init__(self) -> None:
+        super().__init__(413, detail=_DETAIL)
 
 
 class BodySizeLimit:
@@ -49,7 +57,7 @@ class BodySizeLimit:
 
 
 async def _too_large(send: Send) -> None:
-    body = b'{"detail":"Request body too large (limit 64 KiB)"}'
+    body = json.dumps({"detail": _DETAIL}).encode()
     await send(
         {
             "type": "http.response.start",

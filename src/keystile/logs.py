@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote_plus
 
-# The query parameter that may carry a key (API.md section 2), in any case, up to the next separator.
-_QUERY_KEY = re.compile(r"(?i)([?&]api_key=)[^&#\s]*")
+# Every query parameter; its name is decoded before comparing, because Starlette decodes `api%5Fkey` to `api_key`.
+_QUERY_PARAMETER = re.compile(r"([?&;])([^=&#;\s]*)=([^&#;\s]*)")
 REDACTED = "[redacted]"
 
 
+def _redact_parameter(match: re.Match[str]) -> str:
+    separator, name, value = match.groups()
+    if unquote_plus(name).lower() == "api_key":
+        value = REDACTED
+    return f"{separator}{name}={value}"
+
+
 def redact(text: str) -> str:
-    return _QUERY_KEY.sub(rf"\g<1>{REDACTED}", text)
+    """`text` with the value of every `api_key` query parameter (however its name is encoded) replaced."""
+    return _QUERY_PARAMETER.sub(_redact_parameter, text)
 
 
 class RedactQueryKeys(logging.Filter):

@@ -9,8 +9,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -44,7 +45,8 @@ class RateLimit:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KEYSTILE_", extra="ignore")
+    # hide_input_in_errors: a rejected SECRET_KEY must not be printed in the start-up error.
+    model_config = SettingsConfigDict(env_prefix="KEYSTILE_", extra="ignore", hide_input_in_errors=True)
 
     database_url: str = "sqlite+aiosqlite:///./keystile.db"
     redis_url: str | None = None
@@ -97,6 +99,13 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_KEY_BYTES:
             raise ValueError(f"must be at least {MIN_SECRET_KEY_BYTES} bytes")
         return value
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # Connection URLs may carry passwords: show them as SQLAlchemy does, with the password masked.
+        for name, value in super().__repr_args__():
+            if name in ("database_url", "redis_url") and isinstance(value, str):
+                value = make_url(value).render_as_string(hide_password=True)
+            yield name, value
 
     @property
     def is_embedded(self) -> bool:
