@@ -31,6 +31,24 @@ TEST_SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 MakeClient = Callable[..., Awaitable[KeystileClient]]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cheap_password_hashing() -> Iterator[None]:
+    """Real Argon2id, at its lowest cost: the suite registers hundreds of users, and the production parameters would
+    spend minutes of CI on password hashing alone. Processes started by tests keep the production parameters."""
+    from pwdlib import PasswordHash
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    from keystile.users import passwords
+
+    original = passwords._hasher
+    cheap = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
+    passwords._hasher = lambda: cheap  # type: ignore[assignment]
+    passwords._dummy_hash.cache_clear()
+    yield
+    passwords._hasher = original
+    passwords._dummy_hash.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "template.db"

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from keystile.deps import AdminUser, ClientIP, RuntimeDep, SessionDep, ip_text
 from keystile.keys import service
-from keystile.keys.router import MAX_ID, KeyPk, Limit, Offset, read_key, revoke_and_read
+from keystile.keys.router import MAX_ID, KeyPk, Limit, Offset, read_keys, revoke_and_read
 from keystile.keys.schemas import KeyRead
 
 router = APIRouter(prefix="/admin", tags=["admin"], responses={403: {"description": "Not an admin"}})
@@ -24,7 +24,7 @@ async def list_all_keys(
     owner_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> list[KeyRead]:
     rows = await service.list_keys(session, owner_id=owner_id, limit=limit, offset=offset)
-    return [read_key(runtime, row) for row in rows]
+    return await read_keys(runtime, session, rows)
 
 
 @router.post("/keys/{key_pk}/revoke", response_model=KeyRead, responses={404: {"description": "No such key"}})

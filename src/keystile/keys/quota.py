@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 
 from sqlalchemy import select, update
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 MAX_LEASE = 100
 LEASE_FRACTION = 10
 _LEASE_ATTEMPTS = 8
+EXHAUSTED_RECHECK_SECONDS = 5.0
 
 
 class QuotaLedger:
@@ -31,15 +33,22 @@ class QuotaLedger:
         self._leased: dict[int, int] = {}
         self._remaining_in_db: dict[int, int] = {}
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Keys whose row held nothing more when last asked, until when: a flood of requests on a used-up key must not
+        # cost a database read each. A PATCH clears this at once (forget); leases returned by a stopping process are
+        # seen after EXHAUSTED_RECHECK_SECONDS.
+        self._exhausted_until: dict[int, float] = {}
 
     async def consume(self, holder_id: int, cost: int) -> int | None:
         """Spend `cost` from the balance of key `holder_id`. Return what remains, or None when it does not suffice."""
         async with self._locks[holder_id]:
             leased = self._leased.get(holder_id, 0)
+            if leased < cost and self._exhausted_until.get(holder_id, 0.0) > time.monotonic():
+                return None
             if leased < cost or holder_id not in self._remaining_in_db:
                 leased += await self._lease(holder_id, need=max(0, cost - leased))
             if leased < cost:
                 self._leased[holder_id] = leased
+                self._exhausted_until[holder_id] = time.monotonic() + EXHAUSTED_RECHECK_SECONDS
                 return None
             self._leased[holder_id] = leased - cost
             return self._remaining_in_db[holder_id] + self._leased[holder_id]
@@ -52,6 +61,7 @@ class QuotaLedger:
         """Drop a lease without returning it: the balance was set anew (PATCH) or moved (rotation)."""
         self._leased.pop(holder_id, None)
         self._remaining_in_db.pop(holder_id, None)
+        self._exhausted_until.pop(holder_id, None)
 
     async def _lease(self, holder_id: int, *, need: int) -> int:
         # Compare-and-set instead of SELECT ... FOR UPDATE: it is atomic on SQLite too, where row locks do not exist.
@@ -82,6 +92,7 @@ class QuotaLedger:
         leases = {holder: units for holder, units in self._leased.items() if units}
         self._leased.clear()
         self._remaining_in_db.clear()
+        self._exhausted_until.clear()
         if not leases:
             return
         async with self._session_factory() as session, session.begin():

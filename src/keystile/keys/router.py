@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keystile.deps import ClientIP, CurrentUser, RuntimeDep, SessionDep, ip_text
@@ -30,11 +32,30 @@ def validation_error(field_name: str, message: str) -> RequestValidationError:
     return RequestValidationError([{"type": "value_error", "loc": ("body", field_name), "msg": message}])
 
 
-def read_key(runtime: Keystile, row: ApiKey) -> KeyRead:
-    """The key as stored, plus what this process holds in memory: buffered uses and unspent quota leases."""
+async def read_keys(runtime: Keystile, session: AsyncSession, rows: Sequence[ApiKey]) -> list[KeyRead]:
+    """Keys as stored, plus what this process holds in memory: buffered uses and unspent quota leases.
+
+    A key in its rotation grace spends its successor's quota, so its balance is read from that row (one query for
+    the whole page).
+    """
+    holder_ids = {row.quota_key_id for row in rows if row.quota_key_id is not None}
+    shared_balances: dict[int, int | None] = {}
+    if holder_ids:
+        result = await session.execute(select(ApiKey.id, ApiKey.quota_remaining).where(ApiKey.id.in_(holder_ids)))
+        shared_balances = {holder_id: balance for holder_id, balance in result.all()}
+    return [_read_key(runtime, row, shared_balances) for row in rows]
+
+
+async def read_key(runtime: Keystile, session: AsyncSession, row: ApiKey) -> KeyRead:
+    return (await read_keys(runtime, session, [row]))[0]
+
+
+def _read_key(runtime: Keystile, row: ApiKey, shared_balances: dict[int, int | None]) -> KeyRead:
     overrides: dict[str, Any] = {}
-    if row.quota_remaining is not None:
-        overrides["quota_remaining"] = row.quota_remaining + runtime.quotas.local_balance(row.id)
+    holder_id = row.quota_key_id or row.id
+    balance = shared_balances.get(holder_id) if row.quota_key_id is not None else row.quota_remaining
+    if balance is not None:
+        overrides["quota_remaining"] = balance + runtime.quotas.local_balance(holder_id)
     pending = runtime.usage.pending_for(row.id)
     if pending is not None:
         last_used = max(row.last_used_at, pending.last_used_at) if row.last_used_at else pending.last_used_at
@@ -84,7 +105,7 @@ async def list_keys(
     runtime: RuntimeDep, session: SessionDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0
 ) -> list[KeyRead]:
     rows = await service.list_keys(session, owner_id=user.id, limit=limit, offset=offset)
-    return [read_key(runtime, row) for row in rows]
+    return await read_keys(runtime, session, rows)
 
 
 @router.get("/{key_pk}", response_model=KeyRead, responses=_NOT_FOUND)
@@ -93,7 +114,7 @@ async def get_key(key_pk: KeyPk, runtime: RuntimeDep, session: SessionDep, user:
         row = await service.get_key(session, key_pk=key_pk, owner_id=user.id)
     except service.KeyNotFoundError:
         raise key_not_found() from None
-    return read_key(runtime, row)
+    return await read_key(runtime, session, row)
 
 
 @router.patch("/{key_pk}", response_model=KeyRead, responses=_NOT_FOUND)
@@ -107,7 +128,7 @@ async def update_key(
         raise validation_error(error.field_name, str(error)) from None
     await session.commit()
     await runtime.key_changed(row.key_id, row.id)
-    return read_key(runtime, row)
+    return await read_key(runtime, session, row)
 
 
 @router.post(
@@ -176,4 +197,4 @@ async def revoke_and_read(
     await service.revoke_key(session, row, actor_id=actor_id, now=runtime.clock(), ip=ip)
     await session.commit()
     await runtime.key_changed(row.key_id, row.id)
-    return read_key(runtime, row)
+    return await read_key(runtime, session, row)

@@ -6,21 +6,38 @@ from datetime import datetime
 
 from keystile.ratelimit.base import Decision, Window
 
+# Past this many buckets, windows that have ended are swept out. Bucket names can be chosen by clients (login emails,
+# addresses), so without the sweep memory would grow with every name ever seen.
+SWEEP_THRESHOLD = 10_000
+
 
 class MemoryRateLimiter:
-    def __init__(self) -> None:
-        # One entry per bucket: (window start, units used). An old window is overwritten on the next hit, so memory
-        # stays proportional to the number of buckets, not of requests.
-        self._windows: dict[str, tuple[int, int]] = {}
+    def __init__(self, sweep_threshold: int = SWEEP_THRESHOLD) -> None:
+        # One entry per bucket: (window start, window end, units used), all in ms on the keystile clock.
+        self._windows: dict[str, tuple[int, int, int]] = {}
+        self._sweep_threshold = sweep_threshold
+        self._next_sweep_size = sweep_threshold
 
     async def hit(self, bucket: str, *, limit: int, window_seconds: int, cost: int, now: datetime) -> Decision:
         window = Window.at(now, window_seconds)
-        start, used = self._windows.get(bucket, (window.start_ms, 0))
+        start, _, used = self._windows.get(bucket, (window.start_ms, window.end_ms, 0))
         if start != window.start_ms:
             used = 0
         decision, used_after = window.decide(used_before=used, limit=limit, cost=cost)
-        self._windows[bucket] = (window.start_ms, used_after)
+        if used_after or bucket in self._windows:
+            self._windows[bucket] = (window.start_ms, window.end_ms, used_after)
+            if len(self._windows) >= self._next_sweep_size:
+                self._sweep(window.now_ms)
         return decision
+
+    def _sweep(self, now_ms: int) -> None:
+        self._windows = {bucket: entry for bucket, entry in self._windows.items() if entry[1] > now_ms}
+        # Sweep again only once the table has doubled over what survived: amortized O(1) per hit.
+        self._next_sweep_size = max(self._sweep_threshold, 2 * len(self._windows))
+
+    @property
+    def bucket_count(self) -> int:
+        return len(self._windows)
 
     async def ping(self) -> bool:
         return True

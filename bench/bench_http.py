@@ -1,0 +1,191 @@
+"""HTTP throughput of a key-authenticated route against an unauthenticated route of the same server.
+
+    .venv/bin/python bench/bench_http.py [--seconds 5] [--rounds 3]
+
+Starts a real `keystile serve` (uvicorn, one worker, SQLite) and loads it with `wrk` (install it with
+`apt-get install -y wrk`): `GET /data/export` with a valid key whose rate limit (1e9/60) never triggers, against
+`GET /healthz`. Rounds alternate the two routes so that noise from other work on the machine hits both alike; the
+figures are the medians over rounds. Run twice: rate limits in the process, then in Redis
+(`KEYSTILE_BENCH_REDIS_URL`, default database 14 on localhost, flushed first).
+
+Targets: authenticated requests/s at least 85 % of unauthenticated with in-process limits, 70 % with Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench_verify import SECRET_KEY, machine
+
+KEYSTILE = Path(sys.executable).with_name("keystile")
+REDIS_URL = os.environ.get("KEYSTILE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+TARGETS = {"in-process": 0.85, "redis": 0.70}
+CONNECTIONS = 16
+PASSWORD = "bench-password-123"
+
+
+class Server:
+    """`keystile serve` on a free port; stopped with SIGTERM like any deployment."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(KEYSTILE), "serve", "--port", str(self.port), "--workers", "1"],
+                env=os.environ | {"KEYSTILE_LOG_LEVEL": "warning", "KEYSTILE_SECRET_KEY": SECRET_KEY} | env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"keystile serve exited:\n{log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.stop()
+        raise SystemExit(f"keystile serve not ready in 60 s:\n{log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def issue_key(url: str) -> str:
+    with httpx.Client(base_url=url, timeout=10) as http:
+        http.post("/auth/register", json={"email": "bench@example.com", "password": PASSWORD}).raise_for_status()
+        token = http.post("/auth/token", data={"username": "bench@example.com", "password": PASSWORD})
+        token.raise_for_status()
+        created = http.post(
+            "/keys/",
+            json={"name": "bench", "rate_limit": {"limit": 1_000_000_000, "window_seconds": 60}},
+            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+        )
+        created.raise_for_status()
+        key = str(created.json()["key"])
+        check = http.get("/data/export", headers={"X-API-Key": key})
+        if check.status_code != 200 or "RateLimit" not in check.headers:
+            raise SystemExit(f"setup error: /data/export answered {check.status_code} {check.headers}")
+        return key
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _millis(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def wrk(url: str, seconds: int, headers: dict[str, str] | None = None) -> dict[str, float]:
+    command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
+    for name, value in (headers or {}).items():
+        command += ["-H", f"{name}: {value}"]
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in output:
+        raise SystemExit(f"wrk saw non-2xx answers from {url}:\n{output}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    p50 = _millis(re.search(r"\s50%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    p99 = _millis(re.search(r"\s99%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99}
+
+
+def run_mode(mode: str, env: dict[str, str], seconds: int, rounds: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as directory:
+        env = env | {"KEYSTILE_DATABASE_URL": f"sqlite+aiosqlite:///{directory}/keystile.db"}
+        server = Server(env, Path(directory) / "server.log")
+        try:
+            key = issue_key(server.url)
+            routes = {
+                "unauthenticated GET /healthz": (f"{server.url}/healthz", None),
+                "API key GET /data/export": (f"{server.url}/data/export", {"X-API-Key": key}),
+            }
+            for url, headers in routes.values():
+                wrk(url, 2, headers)  # warm up: caches, connection pools, branch predictors
+            samples: dict[str, list[dict[str, float]]] = {name: [] for name in routes}
+            for _ in range(rounds):
+                for name, (url, headers) in routes.items():
+                    samples[name].append(wrk(url, seconds, headers))
+        finally:
+            server.stop()
+    result = {
+        name: {metric: statistics.median(run[metric] for run in runs) for metric in ("rps", "p50_ms", "p99_ms")}
+        for name, runs in samples.items()
+    }
+    for name, runs in samples.items():
+        result[name]["rps_rounds"] = [round(run["rps"]) for run in runs]  # type: ignore[assignment]
+    unauthenticated, authenticated = result.values()
+    ratio = authenticated["rps"] / unauthenticated["rps"]
+    return {
+        "routes": result,
+        "ratio": round(ratio, 3),
+        "min_ratio": TARGETS[mode],
+        "pass": ratio >= TARGETS[mode],
+    }
+
+
+def redis_available() -> bool:
+    import redis
+
+    try:
+        connection = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        connection.flushdb()
+        connection.close()
+    except redis.RedisError as error:
+        print(f"Redis skipped: {error!r}", file=sys.stderr)
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=5, help="length of one wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per route")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk (Debian/Ubuntu) or see github.com/wg/wrk")
+
+    modes = {"in-process": run_mode("in-process", {"KEYSTILE_REDIS_URL": ""}, args.seconds, args.rounds)}
+    if redis_available():
+        modes["redis"] = run_mode("redis", {"KEYSTILE_REDIS_URL": REDIS_URL}, args.seconds, args.rounds)
+
+    info = machine()
+    print(f"machine: {info['nproc']} CPUs, {info['cpu']}, Python {info['python']}; wrk -t1 -c{CONNECTIONS}")
+    print(f"{'limits':<11} {'route':<30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    for mode, outcome in modes.items():
+        for route, figures in outcome["routes"].items():
+            print(f"{mode:<11} {route:<30} {figures['rps']:>9.0f} {figures['p50_ms']:>8.2f} {figures['p99_ms']:>8.2f}")
+        verdict = "PASS" if outcome["pass"] else "FAIL"
+        target = f"(target >= {outcome['min_ratio']:.0%}) {verdict}"
+        print(f"{mode:<11} authenticated / unauthenticated = {outcome['ratio']:.1%} {target}")
+    print(json.dumps({"bench": "http", "machine": info, "connections": CONNECTIONS, "modes": modes}))
+
+
+if __name__ == "__main__":
+    main()

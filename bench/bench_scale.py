@@ -1,0 +1,128 @@
+"""Cold verification (cache cleared each time) with 1,000 keys against 1,000,000 keys in PostgreSQL.
+
+    .venv/bin/python bench/bench_scale.py [--keys 1000000]
+
+Works in its own database (`keystile_bench`, dropped at the end; admin connection from
+`KEYSTILE_BENCH_POSTGRES_ADMIN_URL`). A user gets 1,000 keys, of which 200 are real keys issued through the service
+(the ones measured); the rest are rows bulk-inserted with `INSERT ... SELECT generate_series`, with unique key_ids
+and hashes that no key matches. The measured keys are verified cold (`runtime.key_cache.clear()` before each one),
+so every verification reads PostgreSQL; then the table grows to 1,000,000 rows, is analysed, and the same keys are
+measured again, interleaved with 200 more real keys issued after the bulk load (at the end of the table and index).
+
+Target: p50 at 1,000,000 keys at most 1.5 x the p50 at 1,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+
+import asyncpg
+
+from bench_verify import close_runtime, issue_keys, machine, new_runtime, postgres_database
+from keystile.keys.verification import Outcome, verify_key
+from keystile.runtime import Keystile
+
+DATABASE = "keystile_bench"
+MEASURED = 200
+SMALL = 1_000
+TARGET_RATIO = 1.5
+
+_BULK_INSERT = """
+INSERT INTO api_keys (key_id, key_hash, hash_scheme, hint, name, user_id, is_active, created_at, use_count,
+                      scopes, ip_allowlist, metadata)
+SELECT 'b' || lpad(n::text, 11, '0'),
+       md5(n::text) || md5('x' || n::text),
+       'hmac-sha256-v1', 'ks_bulk', 'bulk-' || n, $1, true, now(), 0, '[]', '[]', '{}'
+FROM generate_series($2::bigint, $3::bigint) AS n
+"""
+
+
+async def bulk_insert(url: str, start: int, stop: int) -> None:
+    connection = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        user_id = await connection.fetchval("SELECT id FROM users WHERE email = 'bench@example.com'")
+        await connection.execute(_BULK_INSERT, user_id, start, stop - 1)
+        await connection.execute("ANALYZE api_keys")
+    finally:
+        await connection.close()
+
+
+async def count_keys(url: str) -> int:
+    connection = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        return int(await connection.fetchval("SELECT count(*) FROM api_keys"))
+    finally:
+        await connection.close()
+
+
+async def cold_p50(runtime: Keystile, keys: list[str], rounds: int) -> float:
+    """Median microseconds of one verification with an empty cache, over `rounds` passes over `keys`."""
+    samples = []
+    for _ in range(rounds):
+        for key in keys:
+            runtime.key_cache.clear()
+            start = time.perf_counter_ns()
+            verification = await verify_key(runtime, key)
+            samples.append((time.perf_counter_ns() - start) / 1000)
+            if verification.outcome is not Outcome.VALID:
+                raise SystemExit(f"setup error: a measured key verified as {verification.outcome}")
+    return statistics.median(samples)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keys", type=int, default=1_000_000, help="the large table size")
+    parser.add_argument("--rounds", type=int, default=5, help="passes over the measured keys")
+    args = parser.parse_args()
+
+    async with postgres_database(DATABASE) as url:
+        runtime = new_runtime(url)
+        try:
+            first = await issue_keys(runtime, MEASURED)
+            await bulk_insert(url, 1, SMALL - MEASURED + 1)
+            small_rows = await count_keys(url)
+            await cold_p50(runtime, first, 1)  # warm the connection pool and PostgreSQL's buffers
+            small_p50 = await cold_p50(runtime, first, args.rounds)
+
+            started = time.monotonic()
+            await bulk_insert(url, SMALL - MEASURED + 1, args.keys - 2 * MEASURED + 1)
+            second = await issue_keys(runtime, MEASURED)
+            load_seconds = time.monotonic() - started
+            large_rows = await count_keys(url)
+            both = [key for pair in zip(first, second, strict=True) for key in pair]
+            await cold_p50(runtime, both, 1)
+            large_p50 = await cold_p50(runtime, both, args.rounds)
+        finally:
+            await runtime.usage.flush()
+            await close_runtime(runtime)
+
+    ratio = large_p50 / small_p50
+    info = machine()
+    verdict = "PASS" if ratio <= TARGET_RATIO else "FAIL"
+    print(f"machine: {info['nproc']} CPUs, {info['cpu']}, Python {info['python']}; bulk load {load_seconds:.1f} s")
+    print(f"{'keys in api_keys':>18} {'cold p50 us':>12}")
+    print(f"{small_rows:>18,} {small_p50:>12.1f}")
+    print(f"{large_rows:>18,} {large_p50:>12.1f}")
+    print(f"ratio {ratio:.2f} (target <= {TARGET_RATIO}) {verdict}")
+    print(
+        json.dumps(
+            {
+                "bench": "scale",
+                "machine": info,
+                "unit": "us",
+                "small": {"keys": small_rows, "cold_p50_us": round(small_p50, 1)},
+                "large": {"keys": large_rows, "cold_p50_us": round(large_p50, 1)},
+                "ratio": round(ratio, 3),
+                "max_ratio": TARGET_RATIO,
+                "pass": ratio <= TARGET_RATIO,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

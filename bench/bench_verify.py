@@ -1,0 +1,294 @@
+"""In-process key verification, in microseconds, against a baseline measured in the same run.
+
+    .venv/bin/python bench/bench_verify.py [--quick]
+
+Calls `keystile.keys.verification.verify_key` directly (no HTTP) on a `keystile.runtime.Keystile` with the default
+deployment settings, so usage recording and metrics cost what they cost in production. Baseline: `hashlib.sha256` of
+the key plus a dict lookup, the least any lookup-by-hash scheme can do. Each case is timed with
+`time.perf_counter_ns` over many iterations; rounds time the baseline and every case back to back, and a
+ratio is the median over rounds of case / baseline in the same round. PostgreSQL
+(`KEYSTILE_BENCH_POSTGRES_ADMIN_URL`, default `postgresql://postgres@127.0.0.1:5432/test`) gets its own database,
+dropped at the end; without it the PostgreSQL row is skipped.
+
+Targets (ratios to the baseline, since the machine is shared): cache hit <= 10x, malformed key <= 3x.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keystile import migrations
+from keystile.keys import format as key_format
+from keystile.keys import service as keys_service
+from keystile.keys.schemas import KeyCreate
+from keystile.keys.verification import Outcome, verify_key
+from keystile.runtime import Keystile
+from keystile.settings import Settings
+from keystile.users import service as users_service
+
+SECRET_KEY = "bench-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
+POSTGRES_ADMIN_URL = os.environ.get("KEYSTILE_BENCH_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TARGETS = {"cache_hit": 10.0, "malformed": 3.0}
+BASELINE = "baseline: sha256 + dict lookup"
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"nproc": os.cpu_count(), "python": platform.python_version(), "cpu": cpu}
+
+
+def postgres_url(database: str) -> str:
+    host_part = POSTGRES_ADMIN_URL.split("://", 1)[1].rsplit("/", 1)[0]
+    return f"postgresql+asyncpg://{host_part}/{database}"
+
+
+@contextlib.asynccontextmanager
+async def postgres_database(database: str) -> AsyncIterator[str]:
+    """A fresh, migrated PostgreSQL database for the run, dropped afterwards; yields its SQLAlchemy URL."""
+    import asyncpg
+
+    admin = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await admin.close()
+    url = postgres_url(database)
+    try:
+        await asyncio.to_thread(migrations.upgrade, url)
+        yield url
+    finally:
+        admin = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def new_runtime(database_url: str, **settings: Any) -> Keystile:
+    return Keystile(Settings(database_url=database_url, secret_key=SECRET_KEY, redis_url=None, **settings))
+
+
+async def close_runtime(runtime: Keystile) -> None:
+    await runtime.invalidator.close()
+    await runtime.limits.limiter.close()
+    await runtime.engine.dispose()
+
+
+async def issue_keys(runtime: Keystile, count: int, email: str = "bench@example.com", **spec: Any) -> list[str]:
+    """Create a user and `count` keys through the service layer, as `keystile keys create` does; the raw keys."""
+    async with runtime.session_factory() as session:
+        user = await users_service.get_by_email(session, email)
+        if user is None:
+            user = await users_service.create_user(
+                session, email=email, password="bench-password", is_admin=False, now=runtime.clock()
+            )
+        raws = []
+        for index in range(count):
+            issued = await keys_service.create_key(
+                session,
+                owner_id=user.id,
+                spec=KeyCreate(name=f"bench-{index}", **spec),
+                prefix=runtime.settings.key_prefix,
+                pepper=runtime.pepper,
+                now=runtime.clock(),
+            )
+            raws.append(issued.raw)
+        await session.commit()
+    return raws
+
+
+def wrong_checksum(key: str) -> str:
+    return key[:-1] + ("0" if key[-1] != "0" else "1")
+
+
+def wrong_secret(key: str, prefix: str = "ks") -> str:
+    """Same key_id, another secret, with a correct checksum: it reaches the hash comparison."""
+    parsed = key_format.parse_key(key, prefix)
+    assert parsed is not None
+    other = key_format.generate_key(prefix).raw
+    body = f"{prefix}_{parsed.key_id}_{other.rsplit('_', 1)[1][: key_format.SECRET_LENGTH]}"
+    return body + key_format.checksum(body)
+
+
+Op = Callable[[], Any]
+
+
+@dataclass
+class Case:
+    name: str
+    op: Op
+    is_async: bool = True
+    iterations: int = 0
+    samples: list[float] = field(default_factory=list)
+
+
+async def timed(case: Case, iterations: int) -> int:
+    """Nanoseconds for `iterations` calls of the case's operation."""
+    op = case.op
+    start = time.perf_counter_ns()
+    if case.is_async:
+        for _ in range(iterations):
+            await op()
+    else:
+        for _ in range(iterations):
+            op()
+    return time.perf_counter_ns() - start
+
+
+async def calibrate(case: Case, seconds: float) -> None:
+    iterations = 1
+    while (elapsed := await timed(case, iterations)) < 20_000_000:  # ~20 ms before sizing
+        iterations *= 4
+    case.iterations = max(1, int(iterations * seconds * 1e9 / elapsed))
+
+
+async def run_rounds(cases: list[Case], *, seconds: float, rounds: int) -> dict[str, tuple[float, float]]:
+    """Per case: (median microseconds per call, median of per-round ratios to the first case, the baseline).
+
+    Every round times the baseline and each case one after the other, so a burst of load from other processes
+    on the shared machine moves a round's baseline and cases together and cancels out of the ratio.
+    """
+    for case in cases:
+        await calibrate(case, seconds)
+    for _ in range(rounds):
+        for case in cases:
+            case.samples.append(await timed(case, case.iterations) / case.iterations / 1000)
+    baseline = cases[0].samples
+    return {
+        case.name: (
+            statistics.median(case.samples),
+            statistics.median(sample / base for sample, base in zip(case.samples, baseline, strict=True)),
+        )
+        for case in cases
+    }
+
+
+async def expect(runtime: Keystile, key: str, outcome: Outcome) -> None:
+    actual = (await verify_key(runtime, key)).outcome
+    if actual is not outcome:
+        raise SystemExit(f"setup error: expected {outcome}, got {actual} for a benchmark key")
+
+
+def cold(runtime: Keystile, key: str) -> Op:
+    async def op() -> Any:
+        runtime.key_cache.clear()
+        return await verify_key(runtime, key)
+
+    return op
+
+
+def warm(runtime: Keystile, key: str) -> Op:
+    return lambda: verify_key(runtime, key)
+
+
+async def cases_for(runtime: Keystile, label: str) -> list[Case]:
+    (valid,) = await issue_keys(runtime, 1)
+    unknown = key_format.generate_key("ks").raw
+    await expect(runtime, valid, Outcome.VALID)
+    await expect(runtime, unknown, Outcome.NOT_FOUND)
+    cases = [
+        Case(f"cache miss ({label})", cold(runtime, valid)),
+        Case(f"unknown key_id, not cached ({label})", cold(runtime, unknown)),
+    ]
+    if label != "SQLite":
+        return cases
+    (limited,) = await issue_keys(
+        runtime, 1, email="limited@example.com", rate_limit={"limit": 1_000_000_000, "window_seconds": 60}
+    )
+    await expect(runtime, limited, Outcome.VALID)
+    malformed, wrong = wrong_checksum(valid), wrong_secret(valid)
+    await expect(runtime, malformed, Outcome.NOT_FOUND)
+    await expect(runtime, wrong, Outcome.NOT_FOUND)
+    return [
+        Case("cache hit", warm(runtime, valid)),
+        Case("cache hit + in-process rate limit", warm(runtime, limited)),
+        Case("malformed", warm(runtime, malformed)),
+        Case("unknown key_id (cached)", warm(runtime, unknown)),
+        Case("wrong secret", warm(runtime, wrong)),
+        *cases,
+    ]
+
+
+async def open_runtime(stack: contextlib.AsyncExitStack, url: str) -> Keystile:
+    runtime = new_runtime(url)
+
+    async def close() -> None:
+        await runtime.usage.flush()  # as on shutdown
+        await close_runtime(runtime)
+
+    stack.push_async_callback(close)
+    return runtime
+
+
+async def main() -> None:
+    quick = "--quick" in sys.argv
+    seconds, rounds = (0.05, 3) if quick else (0.15, 9)
+    key = key_format.generate_key("ks").raw
+    table = {hashlib.sha256(key.encode()).hexdigest(): 1}
+    cases = [Case(BASELINE, lambda: table.get(hashlib.sha256(key.encode()).hexdigest()), is_async=False)]
+    async with contextlib.AsyncExitStack() as stack:
+        directory = stack.enter_context(tempfile.TemporaryDirectory())
+        url = f"sqlite+aiosqlite:///{directory}/bench.db"
+        await asyncio.to_thread(migrations.upgrade, url)
+        cases += await cases_for(await open_runtime(stack, url), "SQLite")
+        try:
+            url = await stack.enter_async_context(postgres_database("keystile_bench_verify"))
+        except OSError as error:
+            print(f"PostgreSQL skipped: {error!r}", file=sys.stderr)
+        else:
+            cases += await cases_for(await open_runtime(stack, url), "PostgreSQL")
+        results = await run_rounds(cases, seconds=seconds, rounds=rounds)
+
+    checks = {"cache_hit": "cache hit", "malformed": "malformed"}
+    verdicts = {
+        target: {
+            "ratio": round(results[name][1], 2),
+            "max_ratio": TARGETS[target],
+            "pass": results[name][1] <= TARGETS[target],
+        }
+        for target, name in checks.items()
+    }
+    info = machine()
+    print(f"machine: {info['nproc']} CPUs, {info['cpu']}, Python {info['python']}; median of {rounds} rounds")
+    print(f"{'case':<40} {'us/op':>10} {'x baseline':>11}  target")
+    for name, (micros, ratio) in results.items():
+        target = next((t for t, n in checks.items() if n == name), None)
+        verdict = ""
+        if target is not None:
+            verdict = f"<= {TARGETS[target]:.0f}x  {'PASS' if verdicts[target]['pass'] else 'FAIL'}"
+        print(f"{name:<40} {micros:>10.2f} {ratio:>10.1f}x  {verdict}")
+    print(
+        json.dumps(
+            {
+                "bench": "verify",
+                "machine": info,
+                "unit": "us/op",
+                "results": {name: round(micros, 3) for name, (micros, _) in results.items()},
+                "ratios": {name: round(ratio, 2) for name, (_, ratio) in results.items()},
+                "targets": verdicts,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
