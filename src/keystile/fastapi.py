@@ -18,7 +18,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import HTTPException, Request, Response, Security, status
-from fastapi.security import APIKeyHeader, SecurityScopes
+from fastapi.openapi.models import APIKey, APIKeyIn
+from fastapi.security import SecurityScopes
+from fastapi.security.base import SecurityBase
 
 from keystile.keys.verification import KeyRecord, Outcome, verify_key
 from keystile.net import IPAddress, client_address
@@ -29,12 +31,6 @@ from keystile.runtime import Keystile, runtime_of
 HEADER_NAME = "X-API-Key"
 QUERY_NAME = "api_key"
 INVALID_KEY_DETAIL = "Invalid or expired API key"
-
-api_key_header = APIKeyHeader(
-    name=HEADER_NAME,
-    auto_error=False,
-    description="An API key issued by POST /keys/. `?api_key=` is accepted only when the deployment enables it.",
-)
 
 
 def client_ip(request: Request) -> IPAddress | None:
@@ -78,17 +74,34 @@ async def _refuse_failed_attempt(runtime: Keystile, address: IPAddress | None) -
     return _unauthorized(INVALID_KEY_DETAIL)
 
 
-async def authenticate_api_key(
-    request: Request,
-    response: Response,
-    security_scopes: SecurityScopes,
-    header_key: Annotated[str | None, Security(api_key_header)],
-) -> KeyRecord:
-    """Verify the request's key and return its record; answer 401, 403, 429 or 503 as API.md section 2 says."""
+class _APIKeyAuthenticator(SecurityBase):
+    """The key-checking dependency, which is also the OpenAPI security scheme `APIKeyHeader`.
+
+    Being both, FastAPI resolves one dependency per request instead of a scheme object plus a function: on this path
+    FastAPI's dependency resolution costs more than verifying the key (see docs/PERFORMANCE.md).
+    """
+
+    def __init__(self) -> None:
+        self.model = APIKey(
+            **{"in": APIKeyIn.header},
+            name=HEADER_NAME,
+            description="An API key issued by POST /keys/; `?api_key=` only where the deployment enables it.",
+        )
+        self.scheme_name = "APIKeyHeader"
+
+    async def __call__(self, request: Request, response: Response, security_scopes: SecurityScopes) -> KeyRecord:
+        """Verify the request's key and return its record; answer 401, 403, 429 or 503 as API.md section 2 says."""
+        return await _authenticate(request, response, security_scopes.scopes)
+
+
+authenticate_api_key = _APIKeyAuthenticator()
+
+
+async def _authenticate(request: Request, response: Response, required_scopes: list[str]) -> KeyRecord:
     runtime = runtime_of(request)
     accept_query = runtime.settings.accept_query_key
-    query_key = request.query_params.get(QUERY_NAME)
-    presented = header_key or (query_key if accept_query else None)
+    query_key = request.query_params.get(QUERY_NAME) if request.scope["query_string"] else None
+    presented = request.headers.get(HEADER_NAME) or (query_key if accept_query else None)
     if not presented:
         if query_key and not accept_query:
             raise _unauthorized(f"API key required (header {HEADER_NAME}); query parameter keys are disabled")
@@ -97,7 +110,7 @@ async def authenticate_api_key(
 
     address = client_ip(request)
     try:
-        verification = await verify_key(runtime, presented, required_scopes=security_scopes.scopes, client_ip=address)
+        verification = await verify_key(runtime, presented, required_scopes=required_scopes, client_ip=address)
         headers = rate_limit_headers(verification.ratelimit)
         match verification.outcome:
             case Outcome.VALID:

@@ -10,7 +10,7 @@ from fastapi.security import SecurityScopes
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
 from keystile.deps import OptionalUser, RuntimeDep
-from keystile.fastapi import api_key_header, authenticate_api_key
+from keystile.fastapi import authenticate_api_key
 from keystile.keys.verification import Outcome, verify_key
 from keystile.ratelimit.base import Decision
 
@@ -57,20 +57,19 @@ async def _authorize_caller(
     request: Request,
     response: Response,
     user: OptionalUser,
-    header_key: Annotated[str | None, Security(api_key_header)],
 ) -> None:
     """An admin's bearer token, or an API key holding `keys:verify`."""
     if user is not None:
         if not user.is_admin:
             raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Admin privileges or scope keys:verify required")
         return
-    if not header_key:
+    if not request.headers.get("x-api-key"):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="Admin bearer token or API key with scope keys:verify required",
             headers={"WWW-Authenticate": "Bearer, APIKey"},
         )
-    await authenticate_api_key(request, response, SecurityScopes([VERIFY_SCOPE]), header_key)
+    await authenticate_api_key(request, response, SecurityScopes([VERIFY_SCOPE]))
 
 
 @router.post(
@@ -82,6 +81,7 @@ async def _authorize_caller(
         "`code` says why a key is not valid. A malformed key, an unknown key and a wrong secret are all `NOT_FOUND`."
     ),
     responses={401: {"description": "No caller credentials"}, 403: {"description": "Caller not allowed"}},
+    openapi_extra={"security": [{"APIKeyHeader": [VERIFY_SCOPE]}]},  # joins the bearer token's entry
 )
 async def verify(
     body: VerifyRequest,
