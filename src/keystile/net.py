@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from functools import lru_cache
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -13,7 +14,9 @@ def parse_networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
+@lru_cache(maxsize=4096)
 def parse_address(text: str | None) -> IPAddress | None:
+    # Cached: the same few peers and proxies send most requests, and ipaddress parsing is slow for the hot path.
     if not text:
         return None
     try:
