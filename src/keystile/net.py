@@ -20,9 +20,13 @@ def parse_address(text: str | None) -> IPAddress | None:
     if not text:
         return None
     try:
-        return ipaddress.ip_address(text.strip())
+        address = ipaddress.ip_address(text.strip())
     except ValueError:
         return None
+    # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; they must match IPv4 allowlists and proxies.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def in_networks(address: IPAddress, networks: Sequence[IPNetwork]) -> bool:

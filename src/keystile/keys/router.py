@@ -117,7 +117,11 @@ async def get_key(key_pk: KeyPk, runtime: RuntimeDep, session: SessionDep, user:
     return await read_key(runtime, session, row)
 
 
-@router.patch("/{key_pk}", response_model=KeyRead, responses=_NOT_FOUND)
+@router.patch(
+    "/{key_pk}",
+    response_model=KeyRead,
+    responses=_NOT_FOUND | {409: {"description": "Expiry or quota of a key that was rotated"}},
+)
 async def update_key(
     key_pk: KeyPk, changes: KeyUpdate, runtime: RuntimeDep, session: SessionDep, user: CurrentUser, ip: ClientIP
 ) -> KeyRead:
@@ -126,6 +130,8 @@ async def update_key(
         await service.update_key(session, row, changes=changes, actor_id=user.id, now=runtime.clock(), ip=ip_text(ip))
     except service.InvalidKeySettingsError as error:
         raise validation_error(error.field_name, str(error)) from None
+    except service.KeyStateConflictError as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
     await session.commit()
     await runtime.key_changed(row.key_id, row.id)
     return await read_key(runtime, session, row)
@@ -163,7 +169,8 @@ async def rotate_key(
     except service.KeyStateConflictError as error:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
     await session.commit()
-    await runtime.key_changed(row.key_id, row.id)
+    for key_id, api_key_id in [(row.key_id, row.id), *issued.also_changed]:
+        await runtime.key_changed(key_id, api_key_id)
     response.headers["Cache-Control"] = "no-store"
     return KeyCreated(**KeyRead.from_row(issued.row).model_dump(), key=issued.raw)
 

@@ -34,6 +34,8 @@ class InvalidKeySettingsError(ValueError):
 class IssuedKey:
     row: ApiKey
     raw: str = field(repr=False)
+    # Other keys (key_id, id) whose state this issuance changed: caches must forget them too.
+    also_changed: list[tuple[str, int]] = field(default_factory=list)
 
 
 async def create_key(
@@ -129,11 +131,21 @@ class KeyStateConflictError(Exception):
     """The key's state forbids the change (e.g. rotating a revoked or expired key)."""
 
 
+async def _successor_id(session: AsyncSession, row: ApiKey) -> int | None:
+    return await session.scalar(select(ApiKey.id).where(ApiKey.rotated_from == row.id))
+
+
 async def update_key(
     session: AsyncSession, row: ApiKey, *, changes: KeyUpdate, actor_id: int, now: datetime, ip: str | None
 ) -> None:
-    """Apply the fields present in `changes`; record one `key.updated` event naming them."""
+    """Apply the fields present in `changes`; record one `key.updated` event naming them.
+
+    A rotated key's expiry is the end of its grace and its quota is its successor's: changing either would let the
+    old key outlive the rotation or split the shared balance, so both are a conflict.
+    """
     fields = changes.model_fields_set
+    if fields & {"expires_at", "expires_in", "quota"} and await _successor_id(session, row) is not None:
+        raise KeyStateConflictError("this key was rotated: its expiry and quota follow the rotation")
     if "expires_in" in fields:
         assert changes.expires_in is not None
         row.expires_at = now + timedelta(seconds=changes.expires_in)
@@ -186,7 +198,7 @@ async def rotate_key(
         raise KeyStateConflictError("a revoked key cannot be rotated")
     if row.expires_at is not None and row.expires_at <= now:
         raise KeyStateConflictError("an expired key cannot be rotated")
-    if await session.scalar(select(ApiKey.id).where(ApiKey.rotated_from == row.id)) is not None:
+    if await _successor_id(session, row) is not None:
         raise KeyStateConflictError("this key was already rotated")
     spec = KeyCreate(
         name=row.name,
@@ -211,9 +223,14 @@ async def rotate_key(
     )
     if row.quota_remaining is not None:
         # One balance for both keys: it moves to the new key, and the old one spends from it until the grace ends.
+        # Older keys of the chain still in their grace follow the balance too.
         issued.row.quota_remaining = row.quota_remaining + unspent_quota_lease
         row.quota_remaining = None
         row.quota_key_id = issued.row.id
+        predecessors = (await session.scalars(select(ApiKey).where(ApiKey.quota_key_id == row.id))).all()
+        for predecessor in predecessors:
+            predecessor.quota_key_id = issued.row.id
+            issued.also_changed.append((predecessor.key_id, predecessor.id))
     grace_end = now + timedelta(seconds=grace_seconds)
     row.expires_at = grace_end if row.expires_at is None else min(row.expires_at, grace_end)
     audit.record(
