@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 import typer
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keystile import migrations
@@ -17,6 +18,7 @@ from keystile.keys.verification import verify_key
 from keystile.runtime import Keystile
 from keystile.settings import RateLimit, Settings
 from keystile.users import service as users_service
+from keystile.users.schemas import UserCreate
 
 app = typer.Typer(help="keystile: self-hosted API keys.", no_args_is_help=True, add_completion=False)
 users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
@@ -98,13 +100,16 @@ def users_create(
     password = os.environ.get("KEYSTILE_PASSWORD") or typer.prompt(
         "Password", hide_input=True, confirmation_prompt=True
     )
-    if not 8 <= len(password) <= 128:
-        typer.echo("password must be 8..128 characters", err=True)
-        raise typer.Exit(2)
+    try:
+        account = UserCreate(email=email, password=password)  # the same rules as POST /auth/register
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_input=False))
+        typer.echo(f"invalid user: {problems}", err=True)
+        raise typer.Exit(2) from None
 
     async def work(runtime: Keystile, session: AsyncSession) -> int:
         user = await users_service.create_user(
-            session, email=email, password=password, is_admin=admin, now=runtime.clock()
+            session, email=account.email, password=account.password, is_admin=admin, now=runtime.clock()
         )
         await session.commit()
         return user.id

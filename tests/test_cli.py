@@ -1,0 +1,287 @@
+"""The `keystile` command line (API.md section 5), run as a subprocess against a SQLite file, checked in the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+from contextlib import closing
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keystile.keys.format import (
+    CHECKSUM_LENGTH,
+    checksum,
+    derive_pepper,
+    generate_key,
+    hash_key,
+    secret_scanner_regex,
+)
+from tests.helpers import PASSWORD
+from tests.process import KEYSTILE
+
+KEY_PATTERN = re.compile(secret_scanner_regex())
+
+
+class Cli:
+    """`keystile` with only this test's KEYSTILE_* settings, and the SQLite file it works on."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.database = tmp_path / "keystile.db"
+        self.secret_file = tmp_path / "keystile.secret"
+        self.cwd = tmp_path
+        inherited = {name: value for name, value in os.environ.items() if not name.startswith("KEYSTILE_")}
+        self.env = inherited | {
+            "KEYSTILE_DATABASE_URL": f"sqlite+aiosqlite:///{self.database}",
+            "KEYSTILE_PASSWORD": PASSWORD,
+        }
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(KEYSTILE), *args],
+            cwd=self.cwd,
+            env=self.env | (env or {}),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def ok(self, *args: str) -> str:
+        result = self.run(*args)
+        assert result.returncode == 0, f"keystile {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+        return result.stdout
+
+    def rows(self, query: str, *params: Any) -> list[sqlite3.Row]:
+        with closing(sqlite3.connect(self.database)) as connection:
+            connection.row_factory = sqlite3.Row
+            return connection.execute(query, params).fetchall()
+
+    def create_key(self, email: str = "alice@example.com", *options: str) -> str:
+        return self.ok("keys", "create", "--email", email, "--name", "cli-key", *options).strip()
+
+    def key_row(self, raw: str) -> sqlite3.Row:
+        (row,) = self.rows("SELECT * FROM api_keys WHERE key_id = ?", raw.split("_")[-2])
+        return row
+
+
+@pytest.fixture
+def cli(tmp_path: Path, sqlite_template: Path) -> Cli:
+    """A migrated database (a copy of the suite's template: `keystile migrate` has its own test)."""
+    runner = Cli(tmp_path)
+    shutil.copyfile(sqlite_template, runner.database)
+    return runner
+
+
+@pytest.fixture
+def alice(cli: Cli) -> Cli:
+    cli.ok("users", "create", "--email", "alice@example.com")
+    return cli
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def test_migrate_creates_every_table_in_a_new_sqlite_file_and_running_it_again_changes_nothing(tmp_path: Path) -> None:
+    cli = Cli(tmp_path)
+    assert not cli.database.exists()
+    assert cli.ok("migrate").strip() == "database is up to date"
+    tables = {row["name"] for row in cli.rows("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"users", "api_keys", "audit_events", "alembic_version"} <= tables
+    (version,) = cli.rows("SELECT version_num FROM alembic_version")
+    assert cli.ok("migrate").strip() == "database is up to date"
+    assert cli.rows("SELECT version_num FROM alembic_version") == [version]
+
+
+def test_users_create_stores_the_user_with_an_argon2_hash_of_the_password_from_the_environment(cli: Cli) -> None:
+    output = cli.ok("users", "create", "--email", "Alice@Example.com")
+    assert "created user 1" in output
+    (user,) = cli.rows("SELECT * FROM users")
+    assert (user["id"], user["email"], user["is_admin"]) == (1, "alice@example.com", 0)
+    assert user["password_hash"].startswith("$argon2id$")
+    assert PASSWORD not in user["password_hash"]
+    (event,) = cli.rows("SELECT action, actor_id FROM audit_events")
+    assert tuple(event) == ("user.registered", 1)
+
+
+def test_users_create_with_admin_makes_an_administrator(cli: Cli) -> None:
+    output = cli.ok("users", "create", "--email", "root@example.com", "--admin")
+    assert "as admin" in output
+    assert [tuple(row) for row in cli.rows("SELECT email, is_admin FROM users")] == [("root@example.com", 1)]
+
+
+@pytest.mark.parametrize(
+    "second_email",
+    [pytest.param("alice@example.com", id="same-spelling"), pytest.param("ALICE@example.COM", id="other-case")],
+)
+def test_users_create_with_a_taken_email_exits_1_with_a_clear_message_and_adds_nobody(
+    alice: Cli, second_email: str
+) -> None:
+    result = alice.run("users", "create", "--email", second_email)
+    assert result.returncode == 1
+    assert "already exists" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(alice.rows("SELECT id FROM users")) == 1
+
+
+@pytest.mark.parametrize(
+    ("password", "message"),
+    [
+        pytest.param("short", "password: String should have at least 8 characters", id="under-8"),
+        pytest.param("p" * 129, "password: String should have at most 128 characters", id="over-128"),
+    ],
+)
+def test_users_create_refuses_a_password_outside_8_to_128_characters(cli: Cli, password: str, message: str) -> None:
+    result = cli.run("users", "create", "--email", "alice@example.com", env={"KEYSTILE_PASSWORD": password})
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert password not in result.stderr
+    assert cli.rows("SELECT id FROM users") == []
+
+
+def test_users_create_refuses_an_address_that_is_not_an_email(cli: Cli) -> None:
+    result = cli.run("users", "create", "--email", "not-an-email")
+    assert result.returncode != 0
+    assert cli.rows("SELECT id FROM users") == []
+
+
+def test_keys_create_prints_the_raw_key_once_and_stores_only_its_peppered_hash_with_the_settings(alice: Cli) -> None:
+    output = alice.ok(
+        "keys", "create", "--email", "alice@example.com", "--name", "deploy",
+        "--scopes", "a,b", "--rate-limit", "100/60", "--expires-in", "3600",
+    )  # fmt: skip
+    assert len(output.splitlines()) == 1
+    raw = output.strip()
+    assert KEY_PATTERN.fullmatch(raw), raw
+
+    row = alice.key_row(raw)
+    pepper = derive_pepper(alice.secret_file.read_text().strip())
+    assert row["key_hash"] == hash_key(raw, pepper)
+    assert row["hash_scheme"] == "hmac-sha256-v1"
+    assert (row["name"], row["user_id"], row["is_active"]) == ("deploy", 1, 1)
+    assert json.loads(row["scopes"]) == ["a", "b"]
+    assert (row["rate_limit"], row["rate_limit_window_seconds"]) == (100, 60)
+    assert (parse_time(row["expires_at"]) - parse_time(row["created_at"])).total_seconds() == 3600
+    assert row["hint"] == f"{raw.rsplit('_', 1)[0]}_…{raw[-4:]}"
+    dump = repr([tuple(row) for table in ("api_keys", "audit_events") for row in alice.rows(f"SELECT * FROM {table}")])
+    assert raw not in dump
+    assert raw.rsplit("_", 1)[1][:-4] not in dump
+    assert [tuple(event) for event in alice.rows("SELECT action, api_key_id FROM audit_events WHERE api_key_id")] == [
+        ("key.created", row["id"])
+    ]
+
+
+def test_keys_create_for_an_unknown_email_exits_1_and_issues_nothing(alice: Cli) -> None:
+    result = alice.run("keys", "create", "--email", "nobody@example.com", "--name", "x")
+    assert result.returncode == 1
+    assert "no user with email nobody@example.com" in result.stderr
+    assert result.stdout == ""
+    assert alice.rows("SELECT id FROM api_keys") == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param(["--rate-limit", "100"], id="rate-limit-without-window"),
+        pytest.param(["--rate-limit", "1/0"], id="rate-limit-zero-window"),
+        pytest.param(["--scopes", "Not A Scope"], id="bad-scope"),
+        pytest.param(["--expires-in", "0"], id="expires-now"),
+        pytest.param(["--name", "n" * 101], id="name-over-100"),
+    ],
+)
+def test_keys_create_with_bad_settings_exits_2_with_a_message_and_issues_nothing(
+    alice: Cli, options: list[str]
+) -> None:
+    args = ["keys", "create", "--email", "alice@example.com", "--name", "x", *options]
+    result = alice.run(*args)
+    assert result.returncode == 2
+    assert "invalid key settings" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert alice.rows("SELECT id FROM api_keys") == []
+
+
+def test_keys_list_shows_id_hint_name_owner_and_state_but_never_the_key(alice: Cli) -> None:
+    alice.ok("users", "create", "--email", "bob@example.com")
+    first = alice.create_key()
+    second = alice.create_key("bob@example.com")
+    alice.ok("keys", "revoke", "1")
+
+    output = alice.ok("keys", "list")
+    assert first not in output
+    assert second not in output
+    assert output.splitlines() == [
+        f"2\t{alice.key_row(second)['hint']}\tcli-key\towner=2\tactive",
+        f"1\t{alice.key_row(first)['hint']}\tcli-key\towner=1\trevoked",
+    ]
+    assert alice.ok("keys", "list", "--email", "bob@example.com").splitlines() == output.splitlines()[:1]
+
+
+def test_keys_list_for_an_unknown_email_exits_1(alice: Cli) -> None:
+    result = alice.run("keys", "list", "--email", "nobody@example.com")
+    assert result.returncode == 1
+    assert "no user with email" in result.stderr
+
+
+def test_keys_verify_exits_0_for_a_valid_key_and_records_its_use(alice: Cli) -> None:
+    raw = alice.create_key()
+    result = alice.run("keys", "verify", raw)
+    assert (result.returncode, result.stdout.strip()) == (0, "VALID")
+    row = alice.key_row(raw)
+    assert row["use_count"] == 1
+    assert row["last_used_at"] is not None
+
+
+def wrong_checksum(raw: str) -> str:
+    return raw[:-1] + ("0" if raw[-1] != "0" else "1")
+
+
+def wrong_secret(raw: str) -> str:
+    """Same key_id, another secret with a correct checksum: well-formed, so only the hash comparison rejects it."""
+    body = raw[:-CHECKSUM_LENGTH]
+    body = body[:-1] + ("0" if body[-1] != "0" else "1")
+    return body + checksum(body)
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        pytest.param(lambda raw: "invalid-key-here", id="garbage"),
+        pytest.param(wrong_checksum, id="wrong-checksum"),
+        pytest.param(wrong_secret, id="wrong-secret"),
+        pytest.param(lambda raw: generate_key("ks").raw, id="unknown-key-id"),
+    ],
+)
+def test_keys_verify_exits_1_with_not_found_for_a_key_that_is_not_ours(alice: Cli, mangle: Any) -> None:
+    raw = alice.create_key()
+    result = alice.run("keys", "verify", mangle(raw))
+    assert (result.returncode, result.stdout.strip()) == (1, "NOT_FOUND")
+    assert alice.key_row(raw)["use_count"] == 0
+
+
+def test_keys_revoke_deactivates_the_key_for_good_and_verify_then_exits_1(alice: Cli) -> None:
+    raw = alice.create_key()
+    key_pk = alice.key_row(raw)["id"]
+    assert alice.ok("keys", "revoke", str(key_pk)).strip() == f"revoked key {key_pk}"
+    row = alice.key_row(raw)
+    assert row["is_active"] == 0
+    assert row["revoked_at"] is not None
+
+    result = alice.run("keys", "verify", raw)
+    assert (result.returncode, result.stdout.strip()) == (1, "REVOKED")
+
+    alice.ok("keys", "revoke", str(key_pk))  # idempotent: the first revocation stands
+    assert alice.key_row(raw)["revoked_at"] == row["revoked_at"]
+    assert len(alice.rows("SELECT id FROM audit_events WHERE action = 'key.revoked'")) == 1
+
+
+def test_keys_revoke_of_an_unknown_id_exits_1(alice: Cli) -> None:
+    result = alice.run("keys", "revoke", "99")
+    assert result.returncode == 1
+    assert "no key with id 99" in result.stderr
