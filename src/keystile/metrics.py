@@ -24,10 +24,11 @@ class _HotPathCollector(Collector):
         self.bucket_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
 
-    def record(self, outcome: str, seconds: float) -> None:
+    def record(self, outcome: str, seconds: float | None) -> None:
         self.outcomes[outcome] += 1
-        self.bucket_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
+        if seconds is not None:
+            self.bucket_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self.latency_sum += seconds
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         verifications = CounterMetricFamily(
@@ -42,7 +43,7 @@ class _HotPathCollector(Collector):
             buckets.append((bound, cumulative))
         yield HistogramMetricFamily(
             "keystile_verification_seconds",
-            "Time to verify one key, from parsing to the decision.",
+            "Time to verify one well-formed key, from lookup to the decision (malformed keys are counted, not timed).",
             buckets=buckets,
             sum_value=self.latency_sum,
         )
@@ -65,5 +66,5 @@ class Metrics:
             registry=self.registry,
         )
 
-    def verified(self, outcome: str, seconds: float) -> None:
+    def verified(self, outcome: str, seconds: float | None = None) -> None:
         self._hot_path.record(outcome, seconds)

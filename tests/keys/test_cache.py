@@ -54,7 +54,7 @@ def record_for(key_id: str, pk: int = 1) -> KeyRecord:
     return KeyRecord(
         id=pk,
         key_id=key_id,
-        key_hash="0" * 64,
+        key_digest=bytes(32),
         user_id=1,
         name="k",
         scopes=frozenset(),
@@ -62,8 +62,7 @@ def record_for(key_id: str, pk: int = 1) -> KeyRecord:
         metadata=MappingProxyType({}),
         expires_at=None,
         is_active=True,
-        rate_limit=None,
-        rate_limit_window_seconds=None,
+        policy=None,
         quota_holder_id=None,
     )
 

@@ -37,7 +37,8 @@ class UsageRecorder:
             self._pending[api_key_id] = PendingUsage(1, at)
         else:
             pending.count += 1
-            pending.last_used_at = max(pending.last_used_at, at)
+            if at > pending.last_used_at:
+                pending.last_used_at = at
 
     @property
     def pending_keys(self) -> int:
