@@ -25,26 +25,48 @@ def unavailable(service: str, error: BaseException) -> None:
     pytest.skip(message)
 
 
-async def ensure_postgres_database() -> None:
+def postgres_url_for(name: str) -> str:
+    """The async URL of database `name` on the test server."""
+    return POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def ensure_postgres_database(name: str = POSTGRES_DATABASE) -> None:
     import asyncpg
 
     connection = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=5)
     try:
-        exists = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", POSTGRES_DATABASE)
+        exists = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
-            await connection.execute(f'CREATE DATABASE "{POSTGRES_DATABASE}"')
+            await connection.execute(f'CREATE DATABASE "{name}"')
     finally:
         await connection.close()
 
 
-async def reset_postgres_schema() -> None:
+async def reset_postgres_schema(url: str = POSTGRES_URL) -> None:
     import asyncpg
 
-    connection = await asyncpg.connect(POSTGRES_URL.replace("+asyncpg", ""), timeout=5)
+    connection = await asyncpg.connect(url.replace("+asyncpg", ""), timeout=5)
     try:
         await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
     finally:
         await connection.close()
+
+
+def fresh_postgres_database(name: str) -> str:
+    """Create database `name` if needed and empty its schema; its async URL. For tests that run their own servers or
+    migrations, so they never touch the database the in-process fixtures share. Skips (fails in CI) without
+    PostgreSQL."""
+    url = postgres_url_for(name)
+
+    async def prepare() -> None:
+        await ensure_postgres_database(name)
+        await reset_postgres_schema(url)
+
+    try:
+        run(prepare())
+    except Exception as error:
+        unavailable("PostgreSQL", error)
+    return url
 
 
 async def truncate_postgres() -> None:

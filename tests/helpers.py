@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keystile.runtime import Keystile
 
@@ -55,3 +59,19 @@ async def create_key(client: httpx.AsyncClient, headers: dict[str, str], **body:
     response = await client.post("/keys/", json=body, headers=headers)
     assert response.status_code == 201, response.text
     return dict(response.json())
+
+
+@contextlib.contextmanager
+def recorded_statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    """Every SQL statement `engine` sends while the block runs (to prove that something does, or does not, touch the
+    database)."""
+    statements: list[str] = []
+
+    def before_cursor_execute(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", before_cursor_execute)
+    try:
+        yield statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", before_cursor_execute)

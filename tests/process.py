@@ -4,8 +4,7 @@
         httpx.get(f"{server.url}/healthz")
     server.log  # everything it wrote to stdout and stderr
 
-Also: `free_port()` and `fresh_postgres_database(name)`, a private PostgreSQL database for one test, so tests that run
-processes or migrations never touch the database the in-process fixtures share.
+Also `free_port()`, and `register_and_issue_key()` to set up a key through a server's HTTP API.
 """
 
 from __future__ import annotations
@@ -18,11 +17,12 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 import pytest
 
-from tests import backends
+from tests.helpers import PASSWORD
 
 KEYSTILE = Path(sys.executable).with_name("keystile")
 READY_SECONDS = 60.0
@@ -35,32 +35,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
-
-
-def fresh_postgres_database(name: str) -> str:
-    """Create database `name` if needed and empty its schema; its async URL. Skips (fails in CI) without PostgreSQL."""
-
-    async def reset() -> None:
-        import asyncpg
-
-        admin = await asyncpg.connect(backends.POSTGRES_ADMIN_URL, timeout=5)
-        try:
-            if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-                await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        connection = await asyncpg.connect(url.replace("+asyncpg", ""), timeout=5)
-        try:
-            await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-        finally:
-            await connection.close()
-
-    url = backends.POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        backends.run(reset())
-    except Exception as error:
-        backends.unavailable("PostgreSQL", error)
-    return url
 
 
 class KeystileServer:
@@ -136,3 +110,17 @@ class KeystileServer:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def register_and_issue_key(
+    base_url: str, email: str = "alice@example.com", **key_body: Any
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Register `email` on a running server, log in and issue a key; (bearer headers, the creation response)."""
+    with httpx.Client(base_url=base_url, timeout=10.0) as http:
+        assert http.post("/auth/register", json={"email": email, "password": PASSWORD}).status_code == 201
+        token = http.post("/auth/token", data={"username": email, "password": PASSWORD})
+        assert token.status_code == 200, token.text
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        created = http.post("/keys/", json={"name": "shared", **key_body}, headers=headers)
+        assert created.status_code == 201, created.text
+        return headers, dict(created.json())

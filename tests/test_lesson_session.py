@@ -17,7 +17,7 @@ from keystile.logs import REDACTED
 from tests import backends
 from tests.conftest import TEST_SECRET_KEY
 from tests.helpers import PASSWORD
-from tests.process import KeystileServer, fresh_postgres_database
+from tests.process import KeystileServer
 
 pytestmark = pytest.mark.process
 
@@ -50,7 +50,7 @@ def sqlite_env(tmp_path: Path) -> dict[str, str]:
 
 
 def postgres_env(tmp_path: Path) -> dict[str, str]:
-    url = fresh_postgres_database(f"{backends.POSTGRES_DATABASE}_serve")
+    url = backends.fresh_postgres_database(f"{backends.POSTGRES_DATABASE}_serve")
     return {"KEYSTILE_DATABASE_URL": url, "KEYSTILE_SECRET_KEY": TEST_SECRET_KEY}
 
 

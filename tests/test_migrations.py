@@ -21,7 +21,6 @@ from keystile.db import Base, create_engine
 from keystile.keys import models as _key_models  # noqa: F401
 from keystile.users import models as _user_models  # noqa: F401
 from tests import backends
-from tests.process import fresh_postgres_database
 
 MODEL_TABLES = {"users", "api_keys", "audit_events"}
 
@@ -31,7 +30,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 def postgres_url(tmp_path: Path) -> str:
-    return fresh_postgres_database(f"{backends.POSTGRES_DATABASE}_migrations")
+    return backends.fresh_postgres_database(f"{backends.POSTGRES_DATABASE}_migrations")
 
 
 @pytest.fixture(

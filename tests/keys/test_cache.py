@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keystile import runtime as runtime_module
 from keystile.keys import format as key_format
 from keystile.keys.cache import KeyCache
 from keystile.keys.verification import KeyRecord
-from tests.helpers import KeystileClient, create_key, user_headers
+from tests.helpers import KeystileClient, create_key, recorded_statements, user_headers
 
 TTL = 10.0
 
@@ -25,21 +21,6 @@ TTL = 10.0
 def no_timer_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     """Statement counts must not depend on when the usage timer fires; shutdown still flushes."""
     monkeypatch.setattr(runtime_module, "USAGE_FLUSH_INTERVAL_SECONDS", 3600.0)
-
-
-@contextlib.contextmanager
-def recorded_statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    """Every SQL statement `engine` sends while the block runs."""
-    statements: list[str] = []
-
-    def before_cursor_execute(*args: Any) -> None:
-        statements.append(args[2])
-
-    event.listen(engine.sync_engine, "before_cursor_execute", before_cursor_execute)
-    try:
-        yield statements
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", before_cursor_execute)
 
 
 class FakeMonotonic:

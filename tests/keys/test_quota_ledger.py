@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import event
-
-from tests.helpers import KeystileClient, create_key, user_headers
+from tests.helpers import KeystileClient, create_key, recorded_statements, user_headers
 
 
 async def test_a_used_up_quota_refuses_further_requests_without_reading_the_database(client: KeystileClient) -> None:
@@ -13,12 +11,11 @@ async def test_a_used_up_quota_refuses_further_requests_without_reading_the_data
     assert (await client.get("/data/export", headers={"X-API-Key": key["key"]})).status_code == 200
     assert (await client.get("/data/export", headers={"X-API-Key": key["key"]})).status_code == 429
 
-    statements: list[str] = []
-    event.listen(client.runtime.engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
-    for _ in range(5):
-        response = await client.get("/data/export", headers={"X-API-Key": key["key"]})
-        assert response.status_code == 429
-        assert response.json() == {"detail": "API key quota exhausted"}
+    with recorded_statements(client.runtime.engine) as statements:
+        for _ in range(5):
+            response = await client.get("/data/export", headers={"X-API-Key": key["key"]})
+            assert response.status_code == 429
+            assert response.json() == {"detail": "API key quota exhausted"}
     assert statements == []
 
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from keystile import runtime as runtime_module
 from keystile.clock import FakeClock
 from keystile.keys import format as key_format
 from keystile.keys.models import ApiKey
-from tests.helpers import KeystileClient, create_key, user_headers
+from tests.helpers import KeystileClient, create_key, recorded_statements, user_headers
 
 INVALID_KEY = {"detail": "Invalid or expired API key"}
 
@@ -23,22 +20,6 @@ INVALID_KEY = {"detail": "Invalid or expired API key"}
 def no_timer_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     """Statement counts and buffered usage must not depend on when the flush timer fires."""
     monkeypatch.setattr(runtime_module, "USAGE_FLUSH_INTERVAL_SECONDS", 3600.0)
-
-
-@contextlib.contextmanager
-def counted_statements(client: KeystileClient) -> Iterator[list[str]]:
-    """Every SQL statement the app's engine sends while the block runs."""
-    statements: list[str] = []
-
-    def before_cursor_execute(*args: Any) -> None:
-        statements.append(args[2])
-
-    engine = client.runtime.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", before_cursor_execute)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", before_cursor_execute)
 
 
 def with_checksum(body: str) -> str:
@@ -81,7 +62,7 @@ async def test_malformed_key_is_rejected_without_any_sql(client: KeystileClient,
     malformed = make_malformed(created["key"])
     assert key_format.parse_key(malformed, "ks") is None
 
-    with counted_statements(client) as statements:
+    with recorded_statements(client.runtime.engine) as statements:
         response = await client.get("/data/export", headers={"X-API-Key": malformed.encode()})
 
     assert response.status_code == 401
@@ -96,7 +77,7 @@ async def test_well_formed_unknown_key_is_looked_up_in_the_database(client: Keys
     await create_key(client, headers)
     unknown = key_format.generate_key("ks")
 
-    with counted_statements(client) as statements:
+    with recorded_statements(client.runtime.engine) as statements:
         response = await client.get("/data/export", headers={"X-API-Key": unknown.raw})
 
     assert response.status_code == 401
@@ -114,7 +95,7 @@ async def test_known_key_id_with_a_wrong_secret_is_looked_up_and_refused(client:
     forged = with_checksum(f"{prefix}_{key_id}_{other_secret}")
     assert key_format.parse_key(forged, "ks") is not None
 
-    with counted_statements(client) as statements:
+    with recorded_statements(client.runtime.engine) as statements:
         response = await client.get("/data/export", headers={"X-API-Key": forged})
 
     assert response.status_code == 401

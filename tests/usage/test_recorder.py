@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,27 +17,13 @@ from keystile.clock import FakeClock
 from keystile.db import create_engine
 from keystile.keys.models import ApiKey
 from tests.conftest import make_settings
-from tests.helpers import KeystileClient, create_key, user_headers
+from tests.helpers import KeystileClient, create_key, recorded_statements, user_headers
 
 
 @pytest.fixture(autouse=True)
 def no_timer_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     """Flushes happen when a test says so; the timer itself has its own test."""
     monkeypatch.setattr(runtime_module, "USAGE_FLUSH_INTERVAL_SECONDS", 3600.0)
-
-
-@contextlib.contextmanager
-def recorded_statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def before_cursor_execute(*args: Any) -> None:
-        statements.append(args[2])
-
-    event.listen(engine.sync_engine, "before_cursor_execute", before_cursor_execute)
-    try:
-        yield statements
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", before_cursor_execute)
 
 
 def updates_of_api_keys(statements: list[str]) -> list[str]:
