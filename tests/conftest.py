@@ -5,6 +5,7 @@
 - `clock`: a FakeClock, injected into the app, so expiry and windows move without sleeping.
 - `make_client(**settings)`: an in-process app (lifespan run) behind `httpx.AsyncClient`; `client` is the default one.
 - `redis_url`: Redis database 9, flushed before each test.
+- `no_timer_flush`: recorded usage is written when the test says so (or at shutdown), never by the timer.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from keystile import migrations
+from keystile import runtime as runtime_module
 from keystile.app import create_app
 from keystile.clock import FakeClock
 from keystile.settings import Settings
@@ -102,6 +104,13 @@ async def make_client(database_url: str, clock: FakeClock) -> AsyncIterator[Make
             return await stack.enter_async_context(client)
 
         yield make
+
+
+@pytest.fixture
+def no_timer_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Statement counts and buffered usage must not depend on when the usage flush timer fires; shutdown still
+    flushes. Request it before `client` (e.g. `pytestmark = pytest.mark.usefixtures("no_timer_flush")`)."""
+    monkeypatch.setattr(runtime_module, "USAGE_FLUSH_INTERVAL_SECONDS", 3600.0)
 
 
 @pytest.fixture

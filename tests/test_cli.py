@@ -23,7 +23,7 @@ from keystile.keys.format import (
     hash_key,
     secret_scanner_regex,
 )
-from tests.helpers import PASSWORD
+from tests.helpers import PASSWORD, wrong_checksum
 from tests.process import KEYSTILE
 
 KEY_PATTERN = re.compile(secret_scanner_regex())
@@ -236,10 +236,6 @@ def test_keys_verify_exits_0_for_a_valid_key_and_records_its_use(alice: Cli) -> 
     row = alice.key_row(raw)
     assert row["use_count"] == 1
     assert row["last_used_at"] is not None
-
-
-def wrong_checksum(raw: str) -> str:
-    return raw[:-1] + ("0" if raw[-1] != "0" else "1")
 
 
 def wrong_secret(raw: str) -> str:

@@ -20,9 +20,7 @@ from keystile.keys.schemas import KeyCreate
 from keystile.runtime import Keystile
 from keystile.users import service as users_service
 from tests.conftest import make_settings
-from tests.helpers import PASSWORD
-
-INVALID_KEY = {"detail": "Invalid or expired API key"}
+from tests.helpers import INVALID_KEY, PASSWORD
 
 
 def build_app(keystile: Keystile) -> FastAPI:

@@ -21,7 +21,16 @@ from keystile.settings import Settings
 from keystile.users.models import User
 from keystile.users.schemas import UserCreate
 from tests.conftest import TEST_SECRET_KEY, MakeClient
-from tests.helpers import PASSWORD, KeystileClient, create_key, login, make_admin, register, user_headers
+from tests.helpers import (
+    PASSWORD,
+    KeystileClient,
+    create_key,
+    login,
+    make_admin,
+    register,
+    user_headers,
+    with_checksum,
+)
 
 SECRET_KEY = "a-deployment-secret-key-that-must-never-leak-0123456789"
 
@@ -29,10 +38,6 @@ SECRET_KEY = "a-deployment-secret-key-that-must-never-leak-0123456789"
 def secret_part(raw: str) -> str:
     """The key's secret and checksum, minus the last 4 characters that the public hint shows."""
     return raw.rsplit("_", 1)[1][:-4]
-
-
-def with_checksum(body: str) -> str:
-    return body + key_format.checksum(body)
 
 
 async def dump_tables(client: KeystileClient) -> str:

@@ -9,11 +9,17 @@ from sqlalchemy import select
 
 from keystile.audit.models import AuditEvent
 from keystile.clock import FakeClock
-from tests.helpers import KeystileClient, create_key, login, register, user_headers
-from tests.keys.test_bad_input import database_snapshot
+from tests.helpers import (
+    KeystileClient,
+    admin_headers,
+    create_key,
+    database_snapshot,
+    login,
+    parse_time,
+    register,
+    user_headers,
+)
 from tests.keys.test_lifecycle import UNROTATABLE, make_unrotatable
-from tests.keys.test_routes import parse_time
-from tests.keys.test_verify_api import admin_headers
 
 EVENT_FIELDS = {"id", "at", "actor_id", "action", "api_key_id", "ip", "detail"}
 

@@ -10,10 +10,19 @@ from sqlalchemy import select, update
 from keystile.audit.models import AuditEvent
 from keystile.clock import FakeClock
 from keystile.users.models import User
-from tests.helpers import KeystileClient, create_key, login, register, user_headers
-from tests.keys.test_bad_input import database_snapshot
-from tests.keys.test_routes import INVALID_KEY, READ_FIELDS, parse_time, stored_key
-from tests.keys.test_verify_api import admin_headers
+from tests.helpers import (
+    INVALID_KEY,
+    KeystileClient,
+    admin_headers,
+    create_key,
+    database_snapshot,
+    login,
+    parse_time,
+    register,
+    stored_key,
+    user_headers,
+)
+from tests.keys.test_routes import READ_FIELDS
 
 ADMIN_REQUIRED = {"detail": "Admin privileges required"}
 

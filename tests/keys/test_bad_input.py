@@ -5,28 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
-from keystile.audit.models import AuditEvent
 from keystile.keys.models import ApiKey
-from keystile.users.models import User
 from tests.conftest import MakeClient
-from tests.helpers import KeystileClient, create_key, user_headers
+from tests.helpers import INVALID_KEY, KeystileClient, create_key, database_snapshot, user_headers
 
-INVALID_KEY = {"detail": "Invalid or expired API key"}
 KEY_REQUIRED = {"detail": "API key required (header X-API-Key)"}
-
-
-async def database_snapshot(client: KeystileClient) -> dict[str, list[dict[str, Any]]]:
-    """Every row of the users, keys and audit tables, after writing out any buffered usage."""
-    await client.runtime.usage.flush()
-    snapshot: dict[str, list[dict[str, Any]]] = {}
-    async with client.runtime.session_factory() as session:
-        for model in (User, ApiKey, AuditEvent):
-            rows = (await session.scalars(select(model).order_by(model.id))).all()
-            attributes = [column.key for column in model.__mapper__.column_attrs]
-            snapshot[model.__tablename__] = [{name: getattr(row, name) for name in attributes} for row in rows]
-    return snapshot
 
 
 def assert_validation_error_without_input(body: dict[str, Any]) -> None:

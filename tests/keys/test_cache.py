@@ -8,27 +8,21 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from keystile import runtime as runtime_module
 from keystile.keys import format as key_format
 from keystile.keys.cache import KeyCache
 from keystile.keys.verification import KeyRecord
-from tests.helpers import KeystileClient, create_key, recorded_statements, user_headers
+from tests.helpers import (
+    FakeMonotonic,
+    KeystileClient,
+    create_key,
+    recorded_statements,
+    user_headers,
+    wrong_checksum,
+)
+
+pytestmark = pytest.mark.usefixtures("no_timer_flush")
 
 TTL = 10.0
-
-
-@pytest.fixture(autouse=True)
-def no_timer_flush(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Statement counts must not depend on when the usage timer fires; shutdown still flushes."""
-    monkeypatch.setattr(runtime_module, "USAGE_FLUSH_INTERVAL_SECONDS", 3600.0)
-
-
-class FakeMonotonic:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def record_for(key_id: str, pk: int = 1) -> KeyRecord:
@@ -50,11 +44,6 @@ def record_for(key_id: str, pk: int = 1) -> KeyRecord:
 
 def unknown_key() -> str:
     return key_format.generate_key("ks").raw
-
-
-def with_wrong_checksum(key: str) -> str:
-    last = key[-1]
-    return key[:-1] + ("0" if last != "0" else "1")
 
 
 # Unit: KeyCache
@@ -192,7 +181,7 @@ async def test_revoked_key_is_refused_on_the_next_request_and_stays_refused(clie
 @pytest.mark.parametrize(
     "make_malformed",
     [
-        pytest.param(lambda key: with_wrong_checksum(key), id="wrong-checksum"),
+        pytest.param(lambda key: wrong_checksum(key), id="wrong-checksum"),
         pytest.param(lambda key: "xx" + key[2:], id="wrong-prefix"),
         pytest.param(lambda key: key[:-1], id="truncated"),
         pytest.param(lambda key: key + "A" * 600, id="too-long"),
@@ -253,7 +242,7 @@ async def test_metrics_count_verifications_by_outcome_after_a_flood_of_bad_keys(
     malformed, unknown, valid = 20, 7, 3
     # 27 failures stay under the default failure limit (30/60 per address), so every request is verified.
     for _ in range(malformed):
-        await client.get("/data/export", headers={"X-API-Key": with_wrong_checksum(created["key"])})
+        await client.get("/data/export", headers={"X-API-Key": wrong_checksum(created["key"])})
     for _ in range(unknown):
         await client.get("/data/export", headers={"X-API-Key": unknown_key()})
     for _ in range(valid):

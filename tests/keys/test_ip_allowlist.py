@@ -13,8 +13,7 @@ from sqlalchemy import select
 from keystile.audit.models import AuditEvent
 from keystile.net import client_address, parse_networks
 from tests.conftest import MakeClient
-from tests.helpers import KeystileClient, create_key, user_headers
-from tests.keys.test_routes import stored_key
+from tests.helpers import KeystileClient, create_key, stored_key, user_headers
 
 NOT_ALLOWED = {"detail": "API key not allowed from this address"}
 
@@ -39,6 +38,11 @@ async def export_from(client: KeystileClient, host: str, raw: str, forwarded_for
 async def use_count(client: KeystileClient, pk: int) -> int:
     await client.runtime.usage.flush()
     return (await stored_key(client, pk)).use_count
+
+
+async def audit_ips(client: KeystileClient, api_key_id: int) -> list[str | None]:
+    async with client.runtime.session_factory() as session:
+        return list((await session.scalars(select(AuditEvent.ip).where(AuditEvent.api_key_id == api_key_id))).all())
 
 
 # The socket peer against the allowlist
@@ -191,9 +195,7 @@ async def test_audit_records_the_forwarded_client_address(make_client: MakeClien
 
     created = await create_key(client, headers)
 
-    async with client.runtime.session_factory() as session:
-        ips = (await session.scalars(select(AuditEvent.ip).where(AuditEvent.api_key_id == created["id"]))).all()
-    assert list(ips) == ["203.0.113.7"]
+    assert await audit_ips(client, created["id"]) == ["203.0.113.7"]
 
 
 async def test_spoofed_forwarded_for_does_not_reach_the_audit_log(client: KeystileClient) -> None:
@@ -201,9 +203,7 @@ async def test_spoofed_forwarded_for_does_not_reach_the_audit_log(client: Keysti
 
     created = await create_key(client, headers)
 
-    async with client.runtime.session_factory() as session:
-        ips = (await session.scalars(select(AuditEvent.ip).where(AuditEvent.api_key_id == created["id"]))).all()
-    assert list(ips) == ["127.0.0.1"]
+    assert await audit_ips(client, created["id"]) == ["127.0.0.1"]
 
 
 async def test_ipv4_mapped_ipv6_peer_matches_an_ipv4_allowlist(client: KeystileClient) -> None:

@@ -6,14 +6,21 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
 
 from keystile.clock import FakeClock
-from keystile.keys.models import ApiKey
-from tests.helpers import KeystileClient, create_key, user_headers
-from tests.keys.test_bad_input import database_snapshot
-from tests.keys.test_routes import INVALID_KEY, parse_time, row_values, stored_key
-from tests.keys.test_verify_api import admin_headers, verify
+from tests.helpers import (
+    INVALID_KEY,
+    KeystileClient,
+    admin_headers,
+    create_key,
+    database_snapshot,
+    key_count,
+    parse_time,
+    row_values,
+    stored_key,
+    user_headers,
+)
+from tests.keys.test_verify_api import verify
 
 SETTINGS = {
     "scopes": ["data:read", "keys:verify"],
@@ -25,11 +32,6 @@ SETTINGS = {
 
 async def export(client: KeystileClient, raw: str) -> int:
     return (await client.get("/data/export", headers={"X-API-Key": raw})).status_code
-
-
-async def key_count(client: KeystileClient) -> int:
-    async with client.runtime.session_factory() as session:
-        return int(await session.scalar(select(func.count()).select_from(ApiKey)) or 0)
 
 
 # PATCH /keys/{id}

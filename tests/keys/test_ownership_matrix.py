@@ -7,10 +7,15 @@ from typing import Any
 import pytest
 
 from keystile.clock import FakeClock
-from tests.helpers import KeystileClient, create_key, user_headers
-from tests.keys.test_bad_input import database_snapshot
-from tests.keys.test_routes import row_values, stored_key
-from tests.keys.test_verify_api import admin_headers
+from tests.helpers import (
+    KeystileClient,
+    admin_headers,
+    create_key,
+    database_snapshot,
+    row_values,
+    stored_key,
+    user_headers,
+)
 
 NOT_FOUND = {"detail": "API key not found"}
 

@@ -5,16 +5,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from datetime import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from keystile.audit.models import AuditEvent
 from keystile.clock import FakeClock
 from keystile.keys.models import ApiKey
-from tests.helpers import KeystileClient, create_key, user_headers
+from tests.helpers import (
+    INVALID_KEY,
+    KeystileClient,
+    create_key,
+    key_count,
+    parse_time,
+    row_values,
+    stored_key,
+    user_headers,
+)
 
 CREATED_FIELDS = {
     "id",
@@ -31,14 +39,6 @@ CREATED_FIELDS = {
     "is_active",
 }
 READ_FIELDS = (CREATED_FIELDS - {"key"}) | {"last_used_at", "use_count", "revoked_at", "rotated_from"}
-INVALID_KEY = {"detail": "Invalid or expired API key"}
-
-
-async def stored_key(client: KeystileClient, pk: int) -> ApiKey:
-    async with client.runtime.session_factory() as session:
-        row = await session.get(ApiKey, pk)
-    assert row is not None
-    return row
 
 
 async def all_stored_keys(client: KeystileClient) -> list[ApiKey]:
@@ -46,23 +46,10 @@ async def all_stored_keys(client: KeystileClient) -> list[ApiKey]:
         return list((await session.scalars(select(ApiKey).order_by(ApiKey.id))).all())
 
 
-def row_values(row: ApiKey) -> dict[str, Any]:
-    return {column.key: getattr(row, column.key) for column in ApiKey.__mapper__.column_attrs}
-
-
 async def audit_actions(client: KeystileClient, api_key_id: int) -> list[str]:
     async with client.runtime.session_factory() as session:
         query = select(AuditEvent.action).where(AuditEvent.api_key_id == api_key_id).order_by(AuditEvent.id)
         return list((await session.scalars(query)).all())
-
-
-async def key_count(client: KeystileClient) -> int:
-    async with client.runtime.session_factory() as session:
-        return int(await session.scalar(select(func.count()).select_from(ApiKey)) or 0)
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 # POST /keys/

@@ -13,9 +13,7 @@ from fastapi import FastAPI
 
 from keystile.clock import FakeClock
 from keystile.fastapi import APIKeyAuth, KeyRecord, RequireScopes
-from tests.helpers import KeystileClient, create_key, user_headers
-from tests.keys.test_bad_input import database_snapshot
-from tests.keys.test_routes import stored_key
+from tests.helpers import KeystileClient, create_key, database_snapshot, stored_key, user_headers
 
 
 @asynccontextmanager

@@ -2,43 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import pytest
 
-from keystile import runtime as runtime_module
 from keystile.clock import FakeClock
 from keystile.keys import format as key_format
-from keystile.keys.models import ApiKey
-from tests.helpers import KeystileClient, create_key, recorded_statements, user_headers
+from tests.helpers import (
+    INVALID_KEY,
+    KeystileClient,
+    create_key,
+    parse_time,
+    recorded_statements,
+    stored_key,
+    user_headers,
+    with_checksum,
+    wrong_checksum,
+)
 
-INVALID_KEY = {"detail": "Invalid or expired API key"}
-
-
-@pytest.fixture(autouse=True)
-def no_timer_flush(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Statement counts and buffered usage must not depend on when the flush timer fires."""
-    monkeypatch.setattr(runtime_module, "USAGE_FLUSH_INTERVAL_SECONDS", 3600.0)
-
-
-def with_checksum(body: str) -> str:
-    return body + key_format.checksum(body)
-
-
-def wrong_checksum(key: str) -> str:
-    return key[:-1] + ("0" if key[-1] != "0" else "1")
-
-
-async def stored_key(client: KeystileClient, pk: int) -> ApiKey:
-    async with client.runtime.session_factory() as session:
-        row = await session.get(ApiKey, pk)
-    assert row is not None
-    return row
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+pytestmark = pytest.mark.usefixtures("no_timer_flush")
 
 
 # Malformed keys cost no I/O

@@ -9,9 +9,17 @@ import pytest
 
 from keystile.clock import FakeClock
 from keystile.keys import format as key_format
-from tests.helpers import KeystileClient, create_key, login, make_admin, register, user_headers
-from tests.keys.test_bad_input import database_snapshot
-from tests.keys.test_routes import parse_time, stored_key
+from tests.helpers import (
+    KeystileClient,
+    admin_headers,
+    create_key,
+    database_snapshot,
+    login,
+    parse_time,
+    register,
+    stored_key,
+    user_headers,
+)
 
 VERIFY_FIELDS = {
     "valid",
@@ -26,12 +34,6 @@ VERIFY_FIELDS = {
     "quota_remaining",
 }
 NOT_FOUND = {field: None for field in VERIFY_FIELDS} | {"valid": False, "code": "NOT_FOUND"}
-
-
-async def admin_headers(client: KeystileClient, email: str = "admin@example.com") -> dict[str, str]:
-    headers = await user_headers(client, email)
-    await make_admin(client, email)
-    return headers
 
 
 async def verify(client: KeystileClient, caller: dict[str, str], key: str, **fields: Any) -> dict[str, Any]:

@@ -6,17 +6,11 @@ import httpx
 
 from keystile.clock import FakeClock
 from tests.conftest import MakeClient
-from tests.helpers import PASSWORD, KeystileClient, create_key, register, user_headers
+from tests.helpers import PASSWORD, KeystileClient, align, create_key, register, user_headers
 
 LOGIN_WINDOW = 900
 KEY_FAILURE_WINDOW = 60
 EXPORT = "/data/export"
-
-
-def align(clock: FakeClock, window_seconds: int) -> None:
-    """Move the clock forward to the start of a window (windows are aligned to multiples of their length)."""
-    seconds = int(clock().timestamp())
-    clock.advance(window_seconds - seconds % window_seconds)
 
 
 async def attempt(

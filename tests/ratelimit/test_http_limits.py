@@ -14,15 +14,9 @@ from keystile.clock import FakeClock
 from keystile.keys.models import ApiKey
 from keystile.settings import Settings
 from tests.conftest import TEST_SECRET_KEY, MakeClient
-from tests.helpers import KeystileClient, create_key, login, make_admin, user_headers
+from tests.helpers import KeystileClient, admin_headers, align, create_key, user_headers
 
 EXPORT = "/data/export"
-
-
-def align(clock: FakeClock, window_seconds: int) -> None:
-    """Move the clock forward to the start of a window (windows are aligned to multiples of their length)."""
-    seconds = int(clock().timestamp())
-    clock.advance(window_seconds - seconds % window_seconds)
 
 
 def key_header(created: dict[str, Any]) -> dict[str, str]:
@@ -32,12 +26,6 @@ def key_header(created: dict[str, Any]) -> dict[str, str]:
 async def stored_quota(client: KeystileClient, api_key_id: int) -> int | None:
     async with client.runtime.session_factory() as session:
         return await session.scalar(select(ApiKey.quota_remaining).where(ApiKey.id == api_key_id))
-
-
-async def admin_headers(client: KeystileClient, email: str = "admin@example.com") -> dict[str, str]:
-    await user_headers(client, email)
-    await make_admin(client, email)
-    return await login(client, email)
 
 
 # Rate limits

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +21,8 @@ import redis
 from keystile.clock import FakeClock
 from keystile.ratelimit import guard
 from tests.conftest import MakeClient
-from tests.helpers import KeystileClient, create_key, login, user_headers
+from tests.helpers import FakeMonotonic, KeystileClient, align, create_key, login, user_headers
+from tests.process import free_port
 
 pytestmark = pytest.mark.redis
 
@@ -36,9 +36,7 @@ class RedisServer:
     """A private `redis-server` without persistence, restartable on the same port."""
 
     def __init__(self, workdir: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
@@ -75,25 +73,12 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-class FakeMonotonic:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def monotonic(monkeypatch: pytest.MonkeyPatch) -> FakeMonotonic:
     """The guard's clock for retry intervals, and only the guard's (the event loop keeps the real one)."""
     fake = FakeMonotonic()
     monkeypatch.setattr(guard, "time", SimpleNamespace(monotonic=fake))
     return fake
-
-
-def align(clock: FakeClock, window_seconds: int) -> None:
-    seconds = int(clock().timestamp())
-    clock.advance(window_seconds - seconds % window_seconds)
 
 
 async def failures_metric(client: httpx.AsyncClient) -> str:

@@ -19,11 +19,7 @@ from keystile.keys.models import ApiKey
 from tests.conftest import make_settings
 from tests.helpers import KeystileClient, create_key, recorded_statements, user_headers
 
-
-@pytest.fixture(autouse=True)
-def no_timer_flush(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flushes happen when a test says so; the timer itself has its own test."""
-    monkeypatch.setattr(runtime_module, "USAGE_FLUSH_INTERVAL_SECONDS", 3600.0)
+pytestmark = pytest.mark.usefixtures("no_timer_flush")
 
 
 def updates_of_api_keys(statements: list[str]) -> list[str]:
