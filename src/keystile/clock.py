@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 Clock = Callable[[], datetime]
 
 
-def system_clock() -> datetime:
-    return datetime.now(UTC)
+# The current UTC time. A partial rather than a def: it is called on every verification, and this skips a frame.
+system_clock: Clock = functools.partial(datetime.now, UTC)
 
 
 class FakeClock:

@@ -24,7 +24,7 @@ class _HotPathCollector(Collector):
         self.bucket_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
 
-    def record(self, outcome: str, seconds: float | None) -> None:
+    def record(self, outcome: str, seconds: float | None = None) -> None:
         self.outcomes[outcome] += 1
         if seconds is not None:
             self.bucket_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
@@ -54,6 +54,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._hot_path = _HotPathCollector()
         self.registry.register(self._hot_path)
+        # verified(outcome, seconds=None): count a verification and time it. The collector's own method, bound once,
+        # so the hot path makes one call instead of two.
+        self.verified = self._hot_path.record
         self.rate_limited = Counter(
             "keystile_rate_limited_requests",
             "Requests refused with 429, by reason (rate_limit, quota, key_failures, login_failures).",
@@ -65,6 +68,3 @@ class Metrics:
             "Incidents in which the rate-limit backend (Redis) became unreachable; counted once per incident.",
             registry=self.registry,
         )
-
-    def verified(self, outcome: str, seconds: float | None = None) -> None:
-        self._hot_path.record(outcome, seconds)

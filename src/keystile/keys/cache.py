@@ -66,9 +66,8 @@ class KeyCache:
     ) -> None:
         self._known: _TTLCache[KeyRecord] = _TTLCache(max_keys, ttl_seconds, monotonic)
         self._unknown: _TTLCache[bool] = _TTLCache(max_unknown, ttl_seconds, monotonic)
-
-    def get(self, key_id: str) -> KeyRecord | None:
-        return self._known.get(key_id)
+        # get(key_id) -> the cached record or None. Bound directly: it runs on every verification.
+        self.get = self._known.get
 
     def is_known_unknown(self, key_id: str) -> bool:
         return self._unknown.get(key_id) is not None
