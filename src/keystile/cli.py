@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -60,6 +60,15 @@ def migrate() -> None:
     typer.echo("database is up to date")
 
 
+# How `serve` runs uvicorn (bench/bench_http.py serves its app the same way).
+SERVE_OPTIONS: dict[str, Any] = {
+    "factory": True,
+    "proxy_headers": False,  # X-Forwarded-For is believed only from KEYSTILE_TRUSTED_PROXIES, by keystile itself
+    "server_header": False,
+    "timeout_graceful_shutdown": 10,
+}
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
@@ -79,15 +88,7 @@ def serve(
     settings.resolved_secret_key()  # create the embedded secret once, before workers race for it
     migrations.upgrade(settings.database_url)
     uvicorn.run(
-        "keystile.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level,
-        proxy_headers=False,  # X-Forwarded-For is believed only from KEYSTILE_TRUSTED_PROXIES, by keystile itself
-        server_header=False,
-        timeout_graceful_shutdown=10,
+        "keystile.app:create_app", host=host, port=port, workers=workers, log_level=settings.log_level, **SERVE_OPTIONS
     )
 
 
