@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import MappingProxyType
 from typing import Any
 
@@ -114,6 +115,80 @@ def test_invalidate_drops_a_known_and_an_unknown_entry() -> None:
     assert not cache.is_known_unknown("u")
 
 
+class GatedLoader:
+    """A loader that answers only when the test opens the gate, and counts how often it was asked."""
+
+    def __init__(self, answer: KeyRecord | None) -> None:
+        self.answer = answer
+        self.calls = 0
+        self.gate = asyncio.Event()
+
+    async def __call__(self, key_id: str) -> KeyRecord | None:
+        self.calls += 1
+        await self.gate.wait()
+        return self.answer
+
+
+async def test_concurrent_misses_on_one_key_id_share_one_load_and_cache_it() -> None:
+    cache = KeyCache(monotonic=FakeMonotonic())
+    load = GatedLoader(record_for("a"))
+
+    waiting = [asyncio.ensure_future(cache.get_or_load("a", load)) for _ in range(20)]
+    await asyncio.sleep(0)  # every waiter has missed and joined the one load
+    load.gate.set()
+    records = await asyncio.gather(*waiting)
+
+    assert load.calls == 1
+    assert all(record is load.answer for record in records)
+    assert cache.get("a") is load.answer
+
+
+async def test_a_change_during_a_load_keeps_its_answer_out_of_the_cache() -> None:
+    cache = KeyCache(monotonic=FakeMonotonic())
+    stale = GatedLoader(record_for("a"))
+    waiting = asyncio.ensure_future(cache.get_or_load("a", stale))
+    await asyncio.sleep(0)
+
+    cache.invalidate("a")  # e.g. a revoke committed while the query was running
+    stale.gate.set()
+    await waiting
+
+    assert cache.get("a") is None
+    fresh = GatedLoader(None)
+    fresh.gate.set()
+    assert await cache.get_or_load("a", fresh) is None
+    assert fresh.calls == 1  # the next request queried again instead of trusting the stale answer
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_load_others_wait_for() -> None:
+    cache = KeyCache(monotonic=FakeMonotonic())
+    load = GatedLoader(record_for("a"))
+    leaving = asyncio.ensure_future(cache.get_or_load("a", load))
+    staying = asyncio.ensure_future(cache.get_or_load("a", load))
+    await asyncio.sleep(0)
+
+    leaving.cancel()
+    load.gate.set()
+
+    assert await staying is load.answer
+    assert leaving.cancelled()
+    assert cache.get("a") is load.answer
+
+
+async def test_a_failed_load_reaches_every_waiter_and_caches_nothing() -> None:
+    cache = KeyCache(monotonic=FakeMonotonic())
+
+    async def failing(key_id: str) -> KeyRecord | None:
+        await asyncio.sleep(0)
+        raise OSError("database unreachable")
+
+    outcomes = await asyncio.gather(*(cache.get_or_load("a", failing) for _ in range(3)), return_exceptions=True)
+
+    assert all(isinstance(outcome, OSError) for outcome in outcomes)
+    assert cache.get("a") is None
+    assert not cache.is_known_unknown("a")
+
+
 # Through the app
 
 
@@ -136,6 +211,18 @@ async def test_second_use_of_a_key_sends_no_sql(client: KeystileClient) -> None:
             assert (await client.get("/data/export", headers=key)).status_code == 200
 
     assert second == []
+
+
+async def test_concurrent_first_uses_of_a_key_send_one_select(client: KeystileClient) -> None:
+    created = await issue_key(client)
+    key = {"X-API-Key": created["key"]}
+    client.runtime.key_cache.clear()
+
+    with recorded_statements(client.runtime.engine) as statements:
+        responses = await asyncio.gather(*(client.get("/data/export", headers=key) for _ in range(10)))
+
+    assert [response.status_code for response in responses] == [200] * 10
+    assert len([sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]) == 1
 
 
 @pytest.mark.parametrize(

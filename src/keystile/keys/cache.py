@@ -3,13 +3,18 @@
 Bounded (least recently used entries go first) and short-lived (entries expire after `ttl_seconds`, a backstop should
 an invalidation message ever be lost). Unknown key_ids are remembered in a separate, smaller table, so a flood of
 made-up keys can neither reach the database repeatedly nor evict the valid keys that real clients use.
+
+Loads are single-flight: however many requests miss on one key_id at once (a busy key whose entry just expired),
+one database query answers them all, and a change to the key while that query runs keeps its answer out of the cache.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 from keystile.keys.verification import KeyRecord
@@ -68,6 +73,27 @@ class KeyCache:
         self._unknown: _TTLCache[bool] = _TTLCache(max_unknown, ttl_seconds, monotonic)
         # get(key_id) -> the cached record or None. Bound directly: it runs on every verification.
         self.get = self._known.get
+        self._loading: dict[str, asyncio.Future[KeyRecord | None]] = {}
+
+    async def get_or_load(self, key_id: str, load: Callable[[str], Awaitable[KeyRecord | None]]) -> KeyRecord | None:
+        """The cached record (None for a remembered unknown key_id), else what `load` finds, which is then cached."""
+        record = self.get(key_id)
+        if record is not None or self.is_known_unknown(key_id):
+            return record
+        loading = self._loading.get(key_id)
+        if loading is None:
+            loading = asyncio.ensure_future(load(key_id))
+            self._loading[key_id] = loading
+            loading.add_done_callback(functools.partial(self._loaded, key_id))
+        # Shielded: a client that goes away must not cancel the query other requests are waiting for.
+        return await asyncio.shield(loading)
+
+    def _loaded(self, key_id: str, loading: asyncio.Future[KeyRecord | None]) -> None:
+        if self._loading.get(key_id) is not loading:
+            return  # invalidated meanwhile: the answer may predate the change, so it is not cached
+        del self._loading[key_id]
+        if not loading.cancelled() and loading.exception() is None:
+            self.put(key_id, loading.result())
 
     def is_known_unknown(self, key_id: str) -> bool:
         return self._unknown.get(key_id) is not None
@@ -81,10 +107,12 @@ class KeyCache:
     def invalidate(self, key_id: str) -> None:
         self._known.pop(key_id)
         self._unknown.pop(key_id)
+        self._loading.pop(key_id, None)
 
     def clear(self) -> None:
         self._known.clear()
         self._unknown.clear()
+        self._loading.clear()
 
     @property
     def size(self) -> int:

@@ -5,6 +5,7 @@ One function serves the FastAPI dependency and the verify endpoint, so both give
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -91,14 +92,13 @@ _NOT_FOUND = Verification(Outcome.NOT_FOUND)
 
 async def load_record(runtime: Keystile, key_id: str) -> KeyRecord | None:
     """The key's record from the cache, else from the database (and then cached, known or unknown)."""
-    record = runtime.key_cache.get(key_id)
-    if record is not None or runtime.key_cache.is_known_unknown(key_id):
-        return record
+    return await runtime.key_cache.get_or_load(key_id, functools.partial(_select_record, runtime))
+
+
+async def _select_record(runtime: Keystile, key_id: str) -> KeyRecord | None:
     async with runtime.session_factory() as session:
         row = await session.scalar(select(ApiKey).where(ApiKey.key_id == key_id))
-    record = KeyRecord.from_row(row) if row is not None else None
-    runtime.key_cache.put(key_id, record)
-    return record
+    return KeyRecord.from_row(row) if row is not None else None
 
 
 async def verify_key(
