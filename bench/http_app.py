@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import redis.asyncio as redis
 from fastapi import Depends, FastAPI, Request
 
-from keystile.app import create_app
+from keystile.app import create_served_app
 
 
 async def nothing(request: Request) -> None:
@@ -25,7 +25,7 @@ async def nothing(request: Request) -> None:
 
 
 def create() -> FastAPI:
-    app = create_app()
+    app = create_served_app()  # what `keystile serve` runs
     redis_url = os.environ.get("KEYSTILE_REDIS_URL")
     client = redis.Redis.from_url(redis_url) if redis_url else None
 

@@ -87,9 +87,8 @@ def serve(
         )
     settings.resolved_secret_key()  # create the embedded secret once, before workers race for it
     migrations.upgrade(settings.database_url)
-    uvicorn.run(
-        "keystile.app:create_app", host=host, port=port, workers=workers, log_level=settings.log_level, **SERVE_OPTIONS
-    )
+    app_factory = "keystile.app:create_served_app"
+    uvicorn.run(app_factory, host=host, port=port, workers=workers, log_level=settings.log_level, **SERVE_OPTIONS)
 
 
 @users_app.command("create")
