@@ -120,7 +120,10 @@ _BASE62_PAIR_VALUE = {
 
 
 def _base62_decode(digits: str, pair_value: dict[str, int] = _BASE62_PAIR_VALUE) -> int:
-    """Decode the 6 checksum digits (only ever called on text the key pattern has matched)."""
+    """Decode the 6 checksum digits (only ever called on text the key pattern has matched).
+
+    The table comes in as a default argument (a local lookup, not a global one): this runs for every key presented.
+    """
     return (pair_value[digits[0:2]] * 3844 + pair_value[digits[2:4]]) * 3844 + pair_value[digits[4:6]]
 
 
