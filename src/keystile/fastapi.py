@@ -41,9 +41,9 @@ def client_ip(request: Request) -> IPAddress | None:
 def _client_ip(runtime: Keystile, request: Request) -> IPAddress | None:
     client = request.scope.get("client")
     peer = client[0] if client else None
-    if not runtime.trusted_proxies:  # the usual case: no header to read
-        return client_address(peer, None, ())
-    return client_address(peer, request.headers.get("x-forwarded-for"), runtime.trusted_proxies)
+    # The header is read only when some proxy is trusted: without one it could not change the answer.
+    forwarded_for = request.headers.get("x-forwarded-for") if runtime.trusted_proxies else None
+    return client_address(peer, forwarded_for, runtime.trusted_proxies)
 
 
 def _unauthorized(detail: str) -> HTTPException:
