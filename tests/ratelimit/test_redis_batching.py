@@ -1,16 +1,14 @@
 """The Redis limiter sends the decisions of one event-loop turn as one script call; each stays exact.
 
 Real Redis throughout: the shared one (`redis_url`) for decisions, and a private `redis-server` on a free port for the
-outage, so stopping it never disturbs the Redis other tests use.
+outage (`own_redis`), so stopping it never disturbs the Redis other tests use.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +16,7 @@ import redis.asyncio
 
 from keystile.ratelimit.base import Decision, LimiterUnavailableError
 from keystile.ratelimit.redis import RedisRateLimiter
-from tests.ratelimit.test_redis_failure import RedisServer
+from tests.ratelimit.conftest import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -104,15 +102,13 @@ async def test_a_waiter_that_is_cancelled_does_not_disturb_the_rest_of_its_batch
     assert gone.cancelled()
 
 
-async def test_every_waiter_of_a_batch_against_a_stopped_server_gets_limiter_unavailable(tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(tmp_path)
-    server.start()
-    limiter = RedisRateLimiter.from_url(server.url)
+async def test_every_waiter_of_a_batch_against_a_stopped_server_gets_limiter_unavailable(
+    own_redis: RedisServer,
+) -> None:
+    limiter = RedisRateLimiter.from_url(own_redis.url)
     try:
         assert (await hit(limiter, "key:1", limit=10)).allowed  # a pooled connection exists when the server goes
-        server.stop()
+        own_redis.stop()
 
         outcomes = await asyncio.gather(
             *(hit(limiter, f"key:{i % 2}", limit=10) for i in range(5)), return_exceptions=True
@@ -121,5 +117,4 @@ async def test_every_waiter_of_a_batch_against_a_stopped_server_gets_limiter_una
         assert all(isinstance(outcome, LimiterUnavailableError) for outcome in outcomes), outcomes
         assert await limiter.ping() is False
     finally:
-        server.stop()
         await limiter.close()

@@ -1,76 +1,28 @@
 """Redis stopped mid-run and started again: RATE_LIMIT_FAILURE holds, the incident is counted once, limiting resumes.
 
-Each test runs its own `redis-server` on a free port, so stopping it never disturbs the shared Redis other tests use.
+Each test runs its own `redis-server` (`own_redis`), so stopping it never disturbs the shared Redis other tests use.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from keystile.clock import FakeClock
 from keystile.ratelimit import guard
 from tests.conftest import MakeClient
 from tests.helpers import FakeMonotonic, KeystileClient, align, create_key, login, user_headers
-from tests.process import free_port
+from tests.ratelimit.conftest import RedisServer
 
 pytestmark = pytest.mark.redis
 
-READY_SECONDS = 10.0
 EXPORT = "/data/export"
 CLOSED_DETAIL = "Rate limiting is unavailable and this deployment fails closed"
 FAILURES_METRIC = "keystile_rate_limiter_failures_total"
-
-
-class RedisServer:
-    """A private `redis-server` without persistence, restartable on the same port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(
-            [*command, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + READY_SECONDS
-        with redis.Redis.from_url(self.url, socket_connect_timeout=0.2) as connection:
-            while time.monotonic() < deadline:
-                try:
-                    if connection.ping():
-                        return
-                except redis.ConnectionError:
-                    time.sleep(0.02)  # readiness polling of a child process, bounded by the deadline above
-        pytest.fail(f"redis-server on port {self.port} was not ready within {READY_SECONDS} s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self.process = None
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
