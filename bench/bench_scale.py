@@ -5,7 +5,7 @@
 Works in its own database (`keystile_bench`, dropped at the end; admin connection from
 `KEYSTILE_BENCH_POSTGRES_ADMIN_URL`). A user gets 1,000 keys, of which 200 are real keys issued through the service
 (the ones measured); the rest are rows bulk-inserted with `INSERT ... SELECT generate_series`, with unique key_ids
-and hashes that no key matches. The measured keys are verified cold (`runtime.key_cache.clear()` before each one),
+and hashes that no key matches. The measured keys are verified cold (`keystile.key_cache.clear()` before each one),
 so every verification reads PostgreSQL; then the table grows to 1,000,000 rows, is analysed, and the same keys are
 measured again, interleaved with 200 more real keys issued after the bulk load (at the end of the table and index).
 
@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import time
 
 import asyncpg
 
-from bench_verify import close_runtime, issue_keys, machine, new_runtime, postgres_database
-from keystile.keys.verification import Outcome, verify_key
-from keystile.runtime import Keystile
+from bench_verify import issue_keys, machine, postgres_database, started_keystile
+from keystile.instance import Keystile
+from keystile.keys.records import Outcome
 
 DATABASE = "keystile_bench"
 MEASURED = 200
@@ -59,14 +60,14 @@ async def count_keys(url: str) -> int:
         await connection.close()
 
 
-async def cold_p50(runtime: Keystile, keys: list[str], rounds: int) -> float:
+async def cold_p50(keystile: Keystile, keys: list[str], rounds: int) -> float:
     """Median microseconds of one verification with an empty cache, over `rounds` passes over `keys`."""
     samples = []
     for _ in range(rounds):
         for key in keys:
-            runtime.key_cache.clear()
+            keystile.key_cache.clear()
             start = time.perf_counter_ns()
-            verification = await verify_key(runtime, key)
+            verification = await keystile.verifier.verify(key)
             samples.append((time.perf_counter_ns() - start) / 1000)
             if verification.outcome is not Outcome.VALID:
                 raise SystemExit(f"setup error: a measured key verified as {verification.outcome}")
@@ -79,26 +80,23 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="passes over the measured keys")
     args = parser.parse_args()
 
-    async with postgres_database(DATABASE) as url:
-        runtime = new_runtime(url)
-        try:
-            first = await issue_keys(runtime, MEASURED)
-            await bulk_insert(url, 1, SMALL - MEASURED + 1)
-            small_rows = await count_keys(url)
-            await cold_p50(runtime, first, 1)  # warm the connection pool and PostgreSQL's buffers
-            small_p50 = await cold_p50(runtime, first, args.rounds)
+    async with contextlib.AsyncExitStack() as stack:
+        url = await stack.enter_async_context(postgres_database(DATABASE))
+        keystile = await started_keystile(stack, url)
+        first = await issue_keys(keystile, MEASURED)
+        await bulk_insert(url, 1, SMALL - MEASURED + 1)
+        small_rows = await count_keys(url)
+        await cold_p50(keystile, first, 1)  # warm the connection pool and PostgreSQL's buffers
+        small_p50 = await cold_p50(keystile, first, args.rounds)
 
-            started = time.monotonic()
-            await bulk_insert(url, SMALL - MEASURED + 1, args.keys - 2 * MEASURED + 1)
-            second = await issue_keys(runtime, MEASURED)
-            load_seconds = time.monotonic() - started
-            large_rows = await count_keys(url)
-            both = [key for pair in zip(first, second, strict=True) for key in pair]
-            await cold_p50(runtime, both, 1)
-            large_p50 = await cold_p50(runtime, both, args.rounds)
-        finally:
-            await runtime.usage.flush()
-            await close_runtime(runtime)
+        started = time.monotonic()
+        await bulk_insert(url, SMALL - MEASURED + 1, args.keys - 2 * MEASURED + 1)
+        second = await issue_keys(keystile, MEASURED)
+        load_seconds = time.monotonic() - started
+        large_rows = await count_keys(url)
+        both = [key for pair in zip(first, second, strict=True) for key in pair]
+        await cold_p50(keystile, both, 1)
+        large_p50 = await cold_p50(keystile, both, args.rounds)
 
     ratio = large_p50 / small_p50
     info = machine()

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_verify.py [--quick]
 
-Calls `keystile.keys.verification.verify_key` directly (no HTTP) on a `keystile.runtime.Keystile` with the default
+Calls `Keystile.verifier.verify` directly (no HTTP) on a running `keystile.instance.Keystile` with the default
 deployment settings, so usage recording and metrics cost what they cost in production. Baseline: `hashlib.sha256` of
 the key plus a dict lookup, the least any lookup-by-hash scheme can do. Each case is timed with
 `time.perf_counter_ns` over many iterations; rounds time the baseline and every case back to back, and a
@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from keystile import migrations
+from keystile.instance import Keystile
 from keystile.keys import format as key_format
-from keystile.keys import service as keys_service
+from keystile.keys.records import Outcome
 from keystile.keys.schemas import KeyCreate
-from keystile.keys.verification import Outcome, verify_key
-from keystile.runtime import Keystile
 from keystile.settings import Settings
 from keystile.users import service as users_service
 
@@ -83,37 +82,24 @@ async def postgres_database(database: str) -> AsyncIterator[str]:
             await admin.close()
 
 
-def new_runtime(database_url: str, **settings: Any) -> Keystile:
-    return Keystile(Settings(database_url=database_url, secret_key=SECRET_KEY, redis_url=None, **settings))
+async def started_keystile(stack: contextlib.AsyncExitStack, database_url: str) -> Keystile:
+    """A running instance on `database_url`, stopped (usage written, as on shutdown) when `stack` closes."""
+    keystile = Keystile(Settings(database_url=database_url, secret_key=SECRET_KEY, redis_url=None))
+    return await stack.enter_async_context(keystile)
 
 
-async def close_runtime(runtime: Keystile) -> None:
-    await runtime.invalidator.close()
-    await runtime.limits.limiter.close()
-    await runtime.engine.dispose()
-
-
-async def issue_keys(runtime: Keystile, count: int, email: str = "bench@example.com", **spec: Any) -> list[str]:
+async def issue_keys(keystile: Keystile, count: int, email: str = "bench@example.com", **spec: Any) -> list[str]:
     """Create a user and `count` keys through the service layer, as `keystile keys create` does; the raw keys."""
-    async with runtime.session_factory() as session:
+    async with keystile.session_factory() as session:
         user = await users_service.get_by_email(session, email)
         if user is None:
             user = await users_service.create_user(
-                session, email=email, password="bench-password", is_admin=False, now=runtime.clock()
+                session, email=email, password="bench-password", passwords=keystile.passwords, now=keystile.clock()
             )
-        raws = []
-        for index in range(count):
-            issued = await keys_service.create_key(
-                session,
-                owner_id=user.id,
-                spec=KeyCreate(name=f"bench-{index}", **spec),
-                prefix=runtime.settings.key_prefix,
-                pepper=runtime.pepper,
-                now=runtime.clock(),
-            )
-            raws.append(issued.raw)
-        await session.commit()
-    return raws
+        keys = keystile.key_manager(session)
+        return [
+            (await keys.create(owner_id=user.id, spec=KeyCreate(name=f"bench-{i}", **spec))).raw for i in range(count)
+        ]
 
 
 def wrong_checksum(key: str) -> str:
@@ -122,10 +108,10 @@ def wrong_checksum(key: str) -> str:
 
 def wrong_secret(key: str, prefix: str = "ks") -> str:
     """Same key_id, another secret, with a correct checksum: it reaches the hash comparison."""
-    parsed = key_format.parse_key(key, prefix)
-    assert parsed is not None
+    key_id = key_format.key_id_of(key, prefix)
+    assert key_id is not None
     other = key_format.generate_key(prefix).raw
-    body = f"{prefix}_{parsed.key_id}_{other.rsplit('_', 1)[1][: key_format.SECRET_LENGTH]}"
+    body = f"{prefix}_{key_id}_{other.rsplit('_', 1)[1][: key_format.SECRET_LENGTH]}"
     return body + key_format.checksum(body)
 
 
@@ -182,61 +168,50 @@ async def run_rounds(cases: list[Case], *, seconds: float, rounds: int) -> dict[
     }
 
 
-async def expect(runtime: Keystile, key: str, outcome: Outcome) -> None:
-    actual = (await verify_key(runtime, key)).outcome
+async def expect(keystile: Keystile, key: str, outcome: Outcome) -> None:
+    actual = (await keystile.verifier.verify(key)).outcome
     if actual is not outcome:
         raise SystemExit(f"setup error: expected {outcome}, got {actual} for a benchmark key")
 
 
-def cold(runtime: Keystile, key: str) -> Op:
+def cold(keystile: Keystile, key: str) -> Op:
     async def op() -> Any:
-        runtime.key_cache.clear()
-        return await verify_key(runtime, key)
+        keystile.key_cache.clear()
+        return await keystile.verifier.verify(key)
 
     return op
 
 
-def warm(runtime: Keystile, key: str) -> Op:
-    return lambda: verify_key(runtime, key)
+def warm(keystile: Keystile, key: str) -> Op:
+    return lambda: keystile.verifier.verify(key)
 
 
-async def cases_for(runtime: Keystile, label: str) -> list[Case]:
-    (valid,) = await issue_keys(runtime, 1)
+async def cases_for(keystile: Keystile, label: str) -> list[Case]:
+    (valid,) = await issue_keys(keystile, 1)
     unknown = key_format.generate_key("ks").raw
-    await expect(runtime, valid, Outcome.VALID)
-    await expect(runtime, unknown, Outcome.NOT_FOUND)
+    await expect(keystile, valid, Outcome.VALID)
+    await expect(keystile, unknown, Outcome.NOT_FOUND)
     cases = [
-        Case(f"cache miss ({label})", cold(runtime, valid)),
-        Case(f"unknown key_id, not cached ({label})", cold(runtime, unknown)),
+        Case(f"cache miss ({label})", cold(keystile, valid)),
+        Case(f"unknown key_id, not cached ({label})", cold(keystile, unknown)),
     ]
     if label != "SQLite":
         return cases
     (limited,) = await issue_keys(
-        runtime, 1, email="limited@example.com", rate_limit={"limit": 1_000_000_000, "window_seconds": 60}
+        keystile, 1, email="limited@example.com", rate_limit={"limit": 1_000_000_000, "window_seconds": 60}
     )
-    await expect(runtime, limited, Outcome.VALID)
+    await expect(keystile, limited, Outcome.VALID)
     malformed, wrong = wrong_checksum(valid), wrong_secret(valid)
-    await expect(runtime, malformed, Outcome.NOT_FOUND)
-    await expect(runtime, wrong, Outcome.NOT_FOUND)
+    await expect(keystile, malformed, Outcome.NOT_FOUND)
+    await expect(keystile, wrong, Outcome.NOT_FOUND)
     return [
-        Case("cache hit", warm(runtime, valid)),
-        Case("cache hit + in-process rate limit", warm(runtime, limited)),
-        Case("malformed", warm(runtime, malformed)),
-        Case("unknown key_id (cached)", warm(runtime, unknown)),
-        Case("wrong secret", warm(runtime, wrong)),
+        Case("cache hit", warm(keystile, valid)),
+        Case("cache hit + in-process rate limit", warm(keystile, limited)),
+        Case("malformed", warm(keystile, malformed)),
+        Case("unknown key_id (cached)", warm(keystile, unknown)),
+        Case("wrong secret", warm(keystile, wrong)),
         *cases,
     ]
-
-
-async def open_runtime(stack: contextlib.AsyncExitStack, url: str) -> Keystile:
-    runtime = new_runtime(url)
-
-    async def close() -> None:
-        await runtime.usage.flush()  # as on shutdown
-        await close_runtime(runtime)
-
-    stack.push_async_callback(close)
-    return runtime
 
 
 async def main() -> None:
@@ -249,13 +224,13 @@ async def main() -> None:
         directory = stack.enter_context(tempfile.TemporaryDirectory())
         url = f"sqlite+aiosqlite:///{directory}/bench.db"
         await asyncio.to_thread(migrations.upgrade, url)
-        cases += await cases_for(await open_runtime(stack, url), "SQLite")
+        cases += await cases_for(await started_keystile(stack, url), "SQLite")
         try:
             url = await stack.enter_async_context(postgres_database("keystile_bench_verify"))
         except OSError as error:
             print(f"PostgreSQL skipped: {error!r}", file=sys.stderr)
         else:
-            cases += await cases_for(await open_runtime(stack, url), "PostgreSQL")
+            cases += await cases_for(await started_keystile(stack, url), "PostgreSQL")
         results = await run_rounds(cases, seconds=seconds, rounds=rounds)
 
     checks = {"cache_hit": "cache hit", "malformed": "malformed"}

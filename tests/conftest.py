@@ -2,15 +2,19 @@
 
 - `database_url`: parametrized `sqlite` / `postgres`. SQLite gets a fresh file copied from a migrated template;
   PostgreSQL is migrated once per session and truncated before each test.
-- `clock`: a FakeClock, injected into the app, so expiry and windows move without sleeping.
+- `clock`: a FakeClock, injected into the app, so expiry and windows move without sleeping; `monotonic` likewise
+  for intervals.
 - `make_client(**settings)`: an in-process app (lifespan run) behind `httpx.AsyncClient`; `client` is the default one.
 - `redis_url`: Redis database 9, flushed before each test.
-- `no_timer_flush`: recorded usage is written when the test says so (or at shutdown), never by the timer.
+- `usage_flush_seconds`: the usage flush timer's interval; `@pytest.mark.no_timer_flush` keeps the timer out.
+- Passwords are hashed with real Argon2id at its lowest cost (`CHEAP_PASSWORDS`): the suite registers hundreds of
+  users. Processes started by tests keep the production parameters.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -21,34 +25,16 @@ import httpx
 import pytest
 
 from keystile import migrations
-from keystile import runtime as runtime_module
 from keystile.app import create_app
 from keystile.clock import FakeClock
+from keystile.instance import USAGE_FLUSH_SECONDS
 from keystile.settings import Settings
 from tests import backends
-from tests.helpers import KeystileClient
+from tests.helpers import CHEAP_PASSWORDS, KeystileClient
 
 TEST_SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 
 MakeClient = Callable[..., Awaitable[KeystileClient]]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _cheap_password_hashing() -> Iterator[None]:
-    """Real Argon2id, at its lowest cost: the suite registers hundreds of users, and the production parameters would
-    spend minutes of CI on password hashing alone. Processes started by tests keep the production parameters."""
-    from pwdlib import PasswordHash
-    from pwdlib.hashers.argon2 import Argon2Hasher
-
-    from keystile.users import passwords
-
-    original = passwords._hasher
-    cheap = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
-    passwords._hasher = lambda: cheap  # type: ignore[assignment]
-    passwords._dummy_hash.cache_clear()
-    yield
-    passwords._hasher = original
-    passwords._dummy_hash.cache_clear()
 
 
 @pytest.fixture(scope="session")
@@ -93,24 +79,39 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-async def make_client(database_url: str, clock: FakeClock) -> AsyncIterator[MakeClient]:
+async def make_client(
+    database_url: str, clock: FakeClock, monotonic: Callable[[], float], usage_flush_seconds: float
+) -> AsyncIterator[MakeClient]:
     async with AsyncExitStack() as stack:
 
         async def make(**overrides: Any) -> KeystileClient:
-            app = create_app(make_settings(database_url, **overrides), clock=clock)
+            app = create_app(
+                make_settings(database_url, **overrides),
+                clock=clock,
+                passwords=CHEAP_PASSWORDS,
+                usage_flush_seconds=usage_flush_seconds,
+                monotonic=monotonic,
+            )
             await stack.enter_async_context(app.router.lifespan_context(app))
             client = KeystileClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
-            client.runtime = app.state.keystile
+            client.keystile = app.state.keystile
             return await stack.enter_async_context(client)
 
         yield make
 
 
 @pytest.fixture
-def no_timer_flush(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Statement counts and buffered usage must not depend on when the usage flush timer fires; shutdown still
-    flushes. Request it before `client` (e.g. `pytestmark = pytest.mark.usefixtures("no_timer_flush")`)."""
-    monkeypatch.setattr(runtime_module, "USAGE_FLUSH_INTERVAL_SECONDS", 3600.0)
+def monotonic() -> Callable[[], float]:
+    """The apps' interval clock (cache TTL, limiter retries, quota re-reads): the real one, unless a test overrides
+    this fixture with a `FakeMonotonic`."""
+    return time.monotonic
+
+
+@pytest.fixture
+def usage_flush_seconds(request: pytest.FixtureRequest) -> float:
+    """How often the apps of `make_client` write buffered usage. Tests marked `no_timer_flush` (statement counts,
+    buffered usage) get an hour: usage is written when the test says so, or at shutdown, never by the timer."""
+    return 3600.0 if request.node.get_closest_marker("no_timer_flush") else USAGE_FLUSH_SECONDS
 
 
 @pytest.fixture

@@ -281,3 +281,16 @@ def test_keys_revoke_of_an_unknown_id_exits_1(alice: Cli) -> None:
     result = alice.run("keys", "revoke", "99")
     assert result.returncode == 1
     assert "no key with id 99" in result.stderr
+
+
+def test_keys_verify_of_a_key_with_a_quota_spends_exactly_one_unit(alice: Cli) -> None:
+    raw = alice.create_key()
+    with closing(sqlite3.connect(alice.database)) as connection, connection:
+        connection.execute("UPDATE api_keys SET quota_remaining = 1000 WHERE key_id = ?", (raw.split("_")[-2],))
+
+    result = alice.run("keys", "verify", raw)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "VALID"
+    # The verification leases a block of the quota; the command returns what it did not spend when it stops.
+    assert alice.key_row(raw)["quota_remaining"] == 999

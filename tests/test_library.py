@@ -14,13 +14,12 @@ from fastapi import FastAPI
 
 from keystile.clock import FakeClock
 from keystile.fastapi import APIKeyAuth, KeyRecord, RequireScopes
-from keystile.keys import service as keys_service
+from keystile.instance import Keystile
 from keystile.keys.models import ApiKey
 from keystile.keys.schemas import KeyCreate
-from keystile.runtime import Keystile
 from keystile.users import service as users_service
 from tests.conftest import make_settings
-from tests.helpers import INVALID_KEY, PASSWORD
+from tests.helpers import CHEAP_PASSWORDS, INVALID_KEY, PASSWORD
 
 
 def build_app(keystile: Keystile) -> FastAPI:
@@ -46,26 +45,21 @@ class Library:
     async def issue(self, *scopes: str) -> tuple[int, str]:
         """A key for user 1 issued through keystile's service, as the embedding app would; (id, raw key)."""
         async with self.keystile.session_factory() as session:
-            issued = await keys_service.create_key(
-                session,
-                owner_id=1,
-                spec=KeyCreate(name="library", scopes=list(scopes)),
-                prefix=self.keystile.settings.key_prefix,
-                pepper=self.keystile.pepper,
-                now=self.keystile.clock(),
-            )
-            await session.commit()
+            keys = self.keystile.key_manager(session)
+            issued = await keys.create(owner_id=1, spec=KeyCreate(name="library", scopes=list(scopes)))
         return issued.row.id, issued.raw
 
 
 @asynccontextmanager
 async def running_library(database_url: str, clock: FakeClock) -> AsyncIterator[Library]:
     """The app with its lifespan entered and user 1 created; leaving runs the lifespan's shutdown."""
-    keystile = Keystile(make_settings(database_url), clock=clock)
+    keystile = Keystile(make_settings(database_url), clock=clock, passwords=CHEAP_PASSWORDS)
     app = build_app(keystile)
     async with app.router.lifespan_context(app):
         async with keystile.session_factory() as session:
-            await users_service.create_user(session, email="owner@example.com", password=PASSWORD, now=clock())
+            await users_service.create_user(
+                session, email="owner@example.com", password=PASSWORD, passwords=keystile.passwords, now=clock()
+            )
             await session.commit()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://library.test") as http:
@@ -136,10 +130,8 @@ async def test_a_key_revoked_through_the_service_gets_401_at_once(library: Libra
 
     keystile = library.keystile
     async with keystile.session_factory() as session:
-        row = await keys_service.get_key(session, key_pk=key_pk, owner_id=None, for_update=True)
-        await keys_service.revoke_key(session, row, actor_id=1, now=keystile.clock(), ip=None)
-        await session.commit()
-    await keystile.key_changed(row.key_id, row.id)
+        keys = keystile.key_manager(session)
+        await keys.revoke(await keys.get(key_pk, owner_id=None, for_update=True), actor_id=1, ip=None)
 
     response = await library.http.get("/reports", headers={"X-API-Key": raw})
     assert response.status_code == 401

@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from tests.helpers import PASSWORD
 from tests.process import KeystileServer
 
 pytestmark = pytest.mark.process
 
 EMAIL = "fuzz-admin@example.com"
-PASSWORD = "fuzzing password 123"
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from keystile.app import create_app
 from keystile.clock import FakeClock
 from tests.conftest import MakeClient, make_settings
-from tests.helpers import KeystileClient
+from tests.helpers import CHEAP_PASSWORDS, KeystileClient
 
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
 
@@ -22,7 +22,7 @@ async def client_on(clock: FakeClock) -> AsyncIterator[Any]:
     async with AsyncExitStack() as stack:
 
         async def make(database_url: str, **overrides: Any) -> httpx.AsyncClient:
-            app = create_app(make_settings(database_url, **overrides), clock=clock)
+            app = create_app(make_settings(database_url, **overrides), clock=clock, passwords=CHEAP_PASSWORDS)
             await stack.enter_async_context(app.router.lifespan_context(app))
             transport = httpx.ASGITransport(app=app)
             return await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url="http://testserver"))

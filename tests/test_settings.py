@@ -17,9 +17,10 @@ from pydantic import ValidationError
 
 from keystile.app import create_app
 from keystile.clock import FakeClock
-from keystile.runtime import Keystile
+from keystile.instance import Keystile
+from keystile.ratelimit.policy import RateLimitPolicy
 from keystile.settings import Settings
-from tests.helpers import create_key, login, register
+from tests.helpers import CHEAP_PASSWORDS, create_key, login, register
 
 LONG_SECRET = "s" * 32
 
@@ -35,7 +36,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @asynccontextmanager
 async def serving(settings: Settings, clock: FakeClock) -> AsyncIterator[httpx.AsyncClient]:
     """One run of the service: lifespan started and stopped, as a process start and stop would."""
-    app = create_app(settings, clock=clock)
+    app = create_app(settings, clock=clock, passwords=CHEAP_PASSWORDS)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client,
@@ -52,7 +53,7 @@ def test_importing_keystile_does_not_read_settings_even_when_the_environment_is_
         "KEYSTILE_TRUSTED_PROXIES": "not-a-network",
         "KEYSTILE_LOG_LEVEL": "shouting",
     }
-    code = "import keystile, keystile.app, keystile.fastapi, keystile.runtime, keystile.cli"
+    code = "import keystile, keystile.app, keystile.fastapi, keystile.instance, keystile.cli"
 
     result = subprocess.run(
         [sys.executable, "-c", code], env=environment, cwd=tmp_path, capture_output=True, text=True, check=False
@@ -94,10 +95,7 @@ def test_keystile_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch
     assert settings.secret_key.get_secret_value() == "k" * 40
     assert settings.key_prefix == "ks_live"
     assert settings.accept_query_key is True
-    assert settings.default_rate_limit == "100/60"
-    default = settings.parsed_default_rate_limit
-    assert default is not None
-    assert (default.limit, default.window_seconds) == (100, 60)
+    assert settings.default_rate_limit == RateLimitPolicy(limit=100, window_seconds=60)
     assert settings.rate_limit_failure == "closed"
     assert settings.allow_registration is False
     assert settings.jwt_ttl_seconds == 120
@@ -115,7 +113,6 @@ def test_defaults_match_the_contract() -> None:
     assert settings.key_prefix == "ks"
     assert settings.accept_query_key is False
     assert settings.default_rate_limit is None
-    assert settings.parsed_default_rate_limit is None
     assert settings.rate_limit_failure == "open"
     assert settings.allow_registration is True
     assert settings.jwt_ttl_seconds == 900
@@ -249,6 +246,7 @@ def test_a_rejected_secret_key_is_not_printed_in_the_error() -> None:
 @pytest.mark.parametrize(
     "value",
     [
+        pytest.param("fast", id="word"),
         pytest.param("100 per minute", id="words"),
         pytest.param("100", id="no-window"),
         pytest.param("100/", id="empty-window"),
@@ -258,6 +256,7 @@ def test_a_rejected_secret_key_is_not_printed_in_the_error() -> None:
         pytest.param("-1/60", id="negative"),
         pytest.param("1.5/60", id="fraction"),
         pytest.param("100/60/2", id="three-parts"),
+        pytest.param("10000000000/60", id="huge-limit"),
         pytest.param("100/31536001", id="window-over-a-year"),
     ],
 )
@@ -266,8 +265,11 @@ def test_a_bad_default_rate_limit_is_rejected_with_an_error_naming_it(
 ) -> None:
     monkeypatch.setenv("KEYSTILE_DEFAULT_RATE_LIMIT", value)
 
-    with pytest.raises(ValidationError, match="default_rate_limit"):
-        Settings()
+    with pytest.raises(ValidationError, match="default_rate_limit") as raised:
+        Settings(database_url="sqlite+aiosqlite:///unused.db", secret_key=LONG_SECRET)
+
+    assert [error["loc"] for error in raised.value.errors()] == [("default_rate_limit",)]
+    assert "default_rate_limit" in str(raised.value)
 
 
 @pytest.mark.parametrize(
@@ -283,10 +285,7 @@ def test_a_good_default_rate_limit_is_parsed(
 ) -> None:
     monkeypatch.setenv("KEYSTILE_DEFAULT_RATE_LIMIT", value)
 
-    parsed = Settings().parsed_default_rate_limit
-
-    assert parsed is not None
-    assert (parsed.limit, parsed.window_seconds) == policy
+    assert Settings().default_rate_limit == RateLimitPolicy.of(*policy)
 
 
 def test_trusted_proxies_are_read_as_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:

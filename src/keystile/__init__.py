@@ -11,7 +11,7 @@ from keystile.settings import Settings
 
 if TYPE_CHECKING:
     from keystile.app import create_app
-    from keystile.runtime import Keystile
+    from keystile.instance import Keystile
 
 __version__ = "0.1.0"
 
@@ -20,7 +20,7 @@ __all__ = ["Keystile", "Settings", "__version__", "create_app"]
 
 def __getattr__(name: str) -> Any:
     if name == "Keystile":
-        from keystile.runtime import Keystile
+        from keystile.instance import Keystile
 
         return Keystile
     if name == "create_app":

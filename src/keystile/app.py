@@ -9,20 +9,18 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.exceptions import RequestValidationError
 from starlette.types import Lifespan
 
 from keystile import __version__, data, ops
 from keystile.audit import router as audit_router
-from keystile.clock import Clock, system_clock
-from keystile.errors import request_validation_error
+from keystile.errors import install_error_handlers
 from keystile.fastapi import limiter_unavailable
+from keystile.instance import Keystile
 from keystile.keys import admin_router, verify_router
 from keystile.keys import router as keys_router
 from keystile.limits import BodySizeLimit
 from keystile.logs import install_redaction
 from keystile.ratelimit.guard import LimiterClosedError
-from keystile.runtime import Keystile
 from keystile.settings import Settings
 from keystile.users import router as users_router
 
@@ -32,11 +30,13 @@ services present them in `X-API-Key`.
 """
 
 
-def create_app(settings: Settings | None = None, *, clock: Clock = system_clock) -> FastAPI:
+def create_app(settings: Settings | None = None, **options: Any) -> FastAPI:
+    """The service app. Its lifespan runs `Keystile(settings, **options)`: options are `Keystile`'s keyword arguments
+    (`clock`, `monotonic`, `passwords`, `usage_flush_seconds`; see `keystile.instance`)."""
     install_redaction()
-    runtime = Keystile(settings if settings is not None else Settings(), clock=clock)
-    app = FastAPI(title="keystile", version=__version__, description=DESCRIPTION, lifespan=runtime.lifespan)
-    runtime.install(app)
+    keystile = Keystile(settings, **options)
+    app = FastAPI(title="keystile", version=__version__, description=DESCRIPTION, lifespan=keystile.lifespan)
+    keystile.install(app)
     routers = (
         users_router.router,
         keys_router.router,
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = system_clock)
         app.include_router(router)
     app.add_middleware(BodySizeLimit)
     app.add_exception_handler(LimiterClosedError, _limiter_closed)
-    app.add_exception_handler(RequestValidationError, request_validation_error)
+    install_error_handlers(app)
     return app
 
 
@@ -60,7 +60,7 @@ def create_served_app() -> FastAPI:
 
     Those objects live as long as the process, yet every full collection walked all of them (~150k) and stalled each
     request in flight for tens of milliseconds: with Redis limits, where requests wait across loop turns and their
-    objects reach the oldest generation, p99 was 63 ms before and 7 ms after (docs/PERFORMANCE.md). Only the served
+    objects reach the oldest generation, this is most of the p99 (docs/PERFORMANCE.md). Only the served
     process does this: an app that embeds keystile tunes its own process's collector.
     """
     app = create_app()

@@ -1,4 +1,4 @@
-"""The `keystile` command line (API.md section 5). Commands read the same KEYSTILE_* settings as the server."""
+"""The `keystile` command line (README, "Command line"). Commands read the same KEYSTILE_* settings as the server."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keystile import migrations
-from keystile.keys import service as keys_service
-from keystile.keys.schemas import KeyCreate, RateLimitSpec
-from keystile.keys.verification import verify_key
-from keystile.runtime import Keystile
-from keystile.settings import RateLimit, Settings
+from keystile.instance import Keystile
+from keystile.keys.schemas import KeyCreate
+from keystile.keys.service import KeyNotFoundError
+from keystile.ratelimit.policy import RateLimitPolicy
+from keystile.settings import Settings
 from keystile.users import service as users_service
 from keystile.users.schemas import UserCreate
 
@@ -37,18 +37,13 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def _with_session(work: Callable[[Keystile, AsyncSession], Awaitable[T]]) -> T:
+def _run(work: Callable[[Keystile, AsyncSession], Awaitable[T]]) -> T:
+    """Run `work` with a session inside a started instance, which is stopped as the server stops it: usage written,
+    quota leases returned, connections closed."""
+
     async def run() -> T:
-        runtime = Keystile(_settings())
-        try:
-            async with runtime.session_factory() as session:
-                result = await work(runtime, session)
-            await runtime.usage.flush()
-            return result
-        finally:
-            await runtime.invalidator.close()
-            await runtime.limits.limiter.close()
-            await runtime.engine.dispose()
+        async with Keystile(_settings()) as keystile, keystile.session_factory() as session:
+            return await work(keystile, session)
 
     return asyncio.run(run())
 
@@ -107,15 +102,20 @@ def users_create(
         typer.echo(f"invalid user: {problems}", err=True)
         raise typer.Exit(2) from None
 
-    async def work(runtime: Keystile, session: AsyncSession) -> int:
+    async def work(keystile: Keystile, session: AsyncSession) -> int:
         user = await users_service.create_user(
-            session, email=account.email, password=account.password, is_admin=admin, now=runtime.clock()
+            session,
+            email=account.email,
+            password=account.password,
+            passwords=keystile.passwords,
+            is_admin=admin,
+            now=keystile.clock(),
         )
         await session.commit()
         return user.id
 
     try:
-        user_id = _with_session(work)
+        user_id = _run(work)
     except users_service.EmailTakenError:
         typer.echo(f"a user with email {email} already exists", err=True)
         raise typer.Exit(1) from None
@@ -132,33 +132,24 @@ def keys_create(
 ) -> None:
     """Issue a key and print it once."""
     try:
-        policy = RateLimit.parse(rate_limit) if rate_limit else None
         spec = KeyCreate(
             name=name,
             scopes=[scope.strip() for scope in scopes.split(",") if scope.strip()],
             expires_in=expires_in,
-            rate_limit=RateLimitSpec(limit=policy.limit, window_seconds=policy.window_seconds) if policy else None,
+            rate_limit=RateLimitPolicy.parse(rate_limit) if rate_limit else None,
         )
     except ValueError as error:
         typer.echo(f"invalid key settings: {error}", err=True)
         raise typer.Exit(2) from None
 
-    async def work(runtime: Keystile, session: AsyncSession) -> str | None:
+    async def work(keystile: Keystile, session: AsyncSession) -> str | None:
         owner = await users_service.get_by_email(session, email)
         if owner is None:
             return None
-        issued = await keys_service.create_key(
-            session,
-            owner_id=owner.id,
-            spec=spec,
-            prefix=runtime.settings.key_prefix,
-            pepper=runtime.pepper,
-            now=runtime.clock(),
-        )
-        await session.commit()
+        issued = await keystile.key_manager(session).create(owner_id=owner.id, spec=spec)
         return issued.raw
 
-    raw = _with_session(work)
+    raw = _run(work)
     if raw is None:
         typer.echo(f"no user with email {email}", err=True)
         raise typer.Exit(1)
@@ -169,20 +160,20 @@ def keys_create(
 def keys_list(email: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None) -> None:
     """List keys (never the keys themselves: id, hint, name, owner, state)."""
 
-    async def work(runtime: Keystile, session: AsyncSession) -> list[str] | None:
+    async def work(keystile: Keystile, session: AsyncSession) -> list[str] | None:
         owner_id = None
         if email is not None:
             owner = await users_service.get_by_email(session, email)
             if owner is None:
                 return None
             owner_id = owner.id
-        rows = await keys_service.list_keys(session, owner_id=owner_id, limit=10_000, offset=0)
+        rows = await keystile.key_manager(session).list_page(owner_id=owner_id, limit=10_000, offset=0)
         return [
             f"{row.id}\t{row.hint}\t{row.name}\towner={row.user_id}\t{'active' if row.is_active else 'revoked'}"
             for row in rows
         ]
 
-    lines = _with_session(work)
+    lines = _run(work)
     if lines is None:
         typer.echo(f"no user with email {email}", err=True)
         raise typer.Exit(1)
@@ -194,17 +185,16 @@ def keys_list(email: Annotated[str | None, typer.Option(help="Only this user's k
 def keys_revoke(key_pk: Annotated[int, typer.Argument(metavar="ID", help="The key's integer id.")]) -> None:
     """Revoke a key; it never works again."""
 
-    async def work(runtime: Keystile, session: AsyncSession) -> bool:
+    async def work(keystile: Keystile, session: AsyncSession) -> bool:
+        keys = keystile.key_manager(session)
         try:
-            row = await keys_service.get_key(session, key_pk=key_pk, owner_id=None, for_update=True)
-        except keys_service.KeyNotFoundError:
+            row = await keys.get(key_pk, owner_id=None, for_update=True)
+        except KeyNotFoundError:
             return False
-        await keys_service.revoke_key(session, row, actor_id=row.user_id, now=runtime.clock(), ip=None)
-        await session.commit()
-        await runtime.key_changed(row.key_id, row.id)
+        await keys.revoke(row, actor_id=row.user_id, ip=None)
         return True
 
-    if not _with_session(work):
+    if not _run(work):
         typer.echo(f"no key with id {key_pk}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked key {key_pk}")
@@ -214,9 +204,9 @@ def keys_revoke(key_pk: Annotated[int, typer.Argument(metavar="ID", help="The ke
 def keys_verify(key: Annotated[str, typer.Argument(metavar="KEY", help="The raw key to check.")]) -> None:
     """Check a key: exit status 0 when it is valid, 1 when not."""
 
-    async def work(runtime: Keystile, _session: AsyncSession) -> str:
-        return (await verify_key(runtime, key)).outcome.value
+    async def work(keystile: Keystile, _session: AsyncSession) -> str:
+        return (await keystile.verifier.verify(key)).outcome.value
 
-    outcome = _with_session(work)
+    outcome = _run(work)
     typer.echo(outcome)
     raise typer.Exit(0 if outcome == "VALID" else 1)

@@ -3,30 +3,45 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Path, Query, status
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keystile.fastapi import client_ip
+from keystile.instance import Keystile, keystile_of
+from keystile.keys.service import KeyManager
 from keystile.net import IPAddress
-from keystile.runtime import Keystile, runtime_of
 from keystile.users.models import User
 from keystile.users.tokens import user_id_from_token
 
 _bearer = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 
-RuntimeDep = Annotated[Keystile, Depends(runtime_of)]
+KeystileDep = Annotated[Keystile, Depends(keystile_of)]
 ClientIP = Annotated[IPAddress | None, Depends(client_ip)]
 
 
-async def _session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
-    async with runtime.session_factory() as session:
+async def _session(keystile: KeystileDep) -> AsyncIterator[AsyncSession]:
+    async with keystile.session_factory() as session:
         yield session
 
 
 SessionDep = Annotated[AsyncSession, Depends(_session)]
+
+
+def _key_manager(keystile: KeystileDep, session: SessionDep) -> KeyManager:
+    return keystile.key_manager(session)
+
+
+KeysDep = Annotated[KeyManager, Depends(_key_manager)]
+
+# Integer ids are 32-bit in PostgreSQL: a larger one would fail in the driver (a 500) instead of being "not found".
+MAX_ID = 2**31 - 1
+Limit = Annotated[int, Query(ge=1, le=100, description="page size")]
+Offset = Annotated[int, Query(ge=0, le=2**31, description="rows to skip")]
+KeyPk = Annotated[int, Path(ge=1, le=MAX_ID, description="The key's integer id")]
+KEY_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such key, or not yours"}}
 
 
 def _not_authenticated() -> HTTPException:
@@ -38,11 +53,11 @@ def _not_authenticated() -> HTTPException:
 
 
 async def _optional_user(
-    runtime: RuntimeDep, session: SessionDep, token: Annotated[str | None, Depends(_bearer)]
+    keystile: KeystileDep, session: SessionDep, token: Annotated[str | None, Depends(_bearer)]
 ) -> User | None:
     if not token:
         return None
-    user_id = user_id_from_token(token, signing_key=runtime.signing_key, now=runtime.clock())
+    user_id = user_id_from_token(token, signing_key=keystile.signing_key, now=keystile.clock())
     user = await session.get(User, user_id) if user_id is not None else None
     if user is None:
         raise _not_authenticated()

@@ -22,11 +22,11 @@ from fastapi.openapi.models import APIKey, APIKeyIn
 from fastapi.security import SecurityScopes
 from fastapi.security.base import SecurityBase
 
-from keystile.keys.verification import KeyRecord, Outcome, verify_key
+from keystile.instance import Keystile, keystile_of
+from keystile.keys.records import KeyRecord, Outcome
 from keystile.net import IPAddress, client_address
 from keystile.ratelimit.base import Decision
 from keystile.ratelimit.guard import LimiterClosedError
-from keystile.runtime import Keystile, runtime_of
 
 HEADER_NAME = "X-API-Key"
 QUERY_NAME = "api_key"
@@ -35,15 +35,15 @@ INVALID_KEY_DETAIL = "Invalid or expired API key"
 
 def client_ip(request: Request) -> IPAddress | None:
     """The client address, believing `X-Forwarded-For` only from `KEYSTILE_TRUSTED_PROXIES`."""
-    return _client_ip(runtime_of(request), request)
+    return _client_ip(keystile_of(request), request)
 
 
-def _client_ip(runtime: Keystile, request: Request) -> IPAddress | None:
+def _client_ip(keystile: Keystile, request: Request) -> IPAddress | None:
     client = request.scope.get("client")
     peer = client[0] if client else None
     # The header is read only when some proxy is trusted: without one it could not change the answer.
-    forwarded_for = request.headers.get("x-forwarded-for") if runtime.trusted_proxies else None
-    return client_address(peer, forwarded_for, runtime.trusted_proxies)
+    forwarded_for = request.headers.get("x-forwarded-for") if keystile.trusted_proxies else None
+    return client_address(peer, forwarded_for, keystile.trusted_proxies)
 
 
 def _unauthorized(detail: str) -> HTTPException:
@@ -53,8 +53,8 @@ def _unauthorized(detail: str) -> HTTPException:
 def rate_limit_fields(decision: Decision) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
     """The IETF draft fields (draft-ietf-httpapi-ratelimit-headers): the policy, and where this key stands in it.
 
-    Raw ASGI header pairs, ready to append to a response's `raw_headers`: on every authenticated response, building
-    them through `response.headers` (encode, then search for an existing field) costs four times as much.
+    Raw ASGI header pairs, ready to append to a response's `raw_headers`: cheaper than going through
+    `response.headers`, which encodes and then searches for an existing field (bench_http).
     """
     return (
         (b"ratelimit-policy", b'"key";q=%d;w=%d' % (decision.limit, decision.window_seconds)),
@@ -69,18 +69,18 @@ def rate_limit_headers(decision: Decision | None) -> dict[str, str]:
     return {name.decode(): value.decode() for name, value in rate_limit_fields(decision)}
 
 
-async def _refuse_failed_attempt(runtime: Keystile, address: IPAddress | None) -> HTTPException:
+async def _refuse_failed_attempt(keystile: Keystile, address: IPAddress | None) -> HTTPException:
     """A 401, or a 429 once this address has failed too often.
 
     Only failures are counted and only failures are refused, so a valid key from the same address still works:
     an attacker can slow themselves down but cannot lock out a key holder.
     """
-    policy = runtime.key_failure_limit
-    decision = await runtime.limits.hit(
-        f"keyfail:{address}", limit=policy.limit, window_seconds=policy.window_seconds, cost=1, now=runtime.clock()
+    policy = keystile.settings.key_failure_limit
+    decision = await keystile.limits.hit(
+        f"keyfail:{address}", limit=policy.limit, window_seconds=policy.window_seconds, cost=1, now=keystile.clock()
     )
     if decision is not None and not decision.allowed:
-        runtime.metrics.rate_limited.labels("key_failures").inc()
+        keystile.metrics.rate_limited.labels("key_failures").inc()
         return HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             detail="Too many failed API key attempts",
@@ -93,7 +93,7 @@ class _APIKeyAuthenticator(SecurityBase):
     """The key-checking dependency, which is also the OpenAPI security scheme `APIKeyHeader`.
 
     Being both, FastAPI resolves one dependency per request instead of a scheme object plus a function: on this path
-    FastAPI's dependency resolution costs more than verifying the key (see docs/PERFORMANCE.md).
+    FastAPI's dependency resolution costs more than verifying the key (docs/PERFORMANCE.md, bench_http).
     """
 
     def __init__(self) -> None:
@@ -105,7 +105,7 @@ class _APIKeyAuthenticator(SecurityBase):
         self.scheme_name = "APIKeyHeader"
 
     async def __call__(self, request: Request, response: Response, security_scopes: SecurityScopes) -> KeyRecord:
-        """Verify the request's key and return its record; answer 401, 403, 429 or 503 as API.md section 2 says."""
+        """Verify the request's key and return its record; answer 401, 403, 429 or 503 (README, "Presenting a key")."""
         return await _authenticate(request, response, security_scopes.scopes)
 
 
@@ -113,8 +113,8 @@ authenticate_api_key = _APIKeyAuthenticator()
 
 
 async def _authenticate(request: Request, response: Response, required_scopes: list[str]) -> KeyRecord:
-    runtime = runtime_of(request)
-    accept_query = runtime.settings.accept_query_key
+    keystile = keystile_of(request)
+    accept_query = keystile.settings.accept_query_key
     query_key = request.query_params.get(QUERY_NAME) if request.scope["query_string"] else None
     presented = request.headers.get(HEADER_NAME) or (query_key if accept_query else None)
     if not presented:
@@ -123,9 +123,9 @@ async def _authenticate(request: Request, response: Response, required_scopes: l
         where = f"header {HEADER_NAME} or query ?{QUERY_NAME}=" if accept_query else f"header {HEADER_NAME}"
         raise _unauthorized(f"API key required ({where})")
 
-    address = _client_ip(runtime, request)
+    address = _client_ip(keystile, request)
     try:
-        verification = await verify_key(runtime, presented, required_scopes=required_scopes, client_ip=address)
+        verification = await keystile.verifier.verify(presented, required_scopes=required_scopes, client_ip=address)
         if verification.outcome is Outcome.VALID:
             assert verification.key is not None
             if verification.ratelimit is not None:
@@ -140,18 +140,18 @@ async def _authenticate(request: Request, response: Response, required_scopes: l
                 raise HTTPException(status.HTTP_403_FORBIDDEN, detail="API key not allowed from this address")
             case Outcome.RATE_LIMITED:
                 assert verification.ratelimit is not None
-                runtime.metrics.rate_limited.labels("rate_limit").inc()
+                keystile.metrics.rate_limited.labels("rate_limit").inc()
                 headers["Retry-After"] = str(verification.ratelimit.retry_after)
                 raise HTTPException(
                     status.HTTP_429_TOO_MANY_REQUESTS, detail="API key rate limit exceeded", headers=headers
                 )
             case Outcome.QUOTA_EXCEEDED:
-                runtime.metrics.rate_limited.labels("quota").inc()
+                keystile.metrics.rate_limited.labels("quota").inc()
                 raise HTTPException(
                     status.HTTP_429_TOO_MANY_REQUESTS, detail="API key quota exhausted", headers=headers
                 )
             case _:
-                raise await _refuse_failed_attempt(runtime, address)
+                raise await _refuse_failed_attempt(keystile, address)
     except LimiterClosedError:
         raise limiter_unavailable() from None
 

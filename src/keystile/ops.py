@@ -5,9 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
-from keystile.deps import RuntimeDep
+from keystile.deps import KeystileDep
 
 router = APIRouter(tags=["operations"])
 
@@ -18,20 +17,13 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "A dependency is down; the body names it"}})
-async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    down = []
-    try:
-        async with runtime.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-    except Exception:
-        down.append("database")
-    if runtime.settings.redis_url and not await runtime.limits.limiter.ping():
-        down.append("redis")
+async def readyz(keystile: KeystileDep) -> JSONResponse:
+    down = await keystile.unavailable()
     if down:
         return JSONResponse({"status": "unavailable", "down": down}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
-async def metrics(runtime: RuntimeDep) -> Response:
-    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(keystile: KeystileDep) -> Response:
+    return Response(generate_latest(keystile.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,4 @@
-"""Deployment settings, read from `KEYSTILE_*` environment variables (API.md section 4).
+"""Deployment settings, read from `KEYSTILE_*` environment variables (README, "Settings").
 
 Settings are built on demand (`Settings()` inside `create_app` or a CLI command), never at import time, so tests and
 embedding apps can pass their own.
@@ -13,35 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
+
+from keystile.ratelimit.policy import RateLimitPolicy
 
 # JWT HS256 keys shorter than the hash output weaken the MAC (RFC 7518 section 3.2).
 MIN_SECRET_KEY_BYTES = 32
 
-
-class RateLimit:
-    """A parsed `<requests>/<seconds>` policy."""
-
-    __slots__ = ("limit", "window_seconds")
-
-    def __init__(self, limit: int, window_seconds: int) -> None:
-        self.limit = limit
-        self.window_seconds = window_seconds
-
-    @classmethod
-    def parse(cls, text: str) -> RateLimit:
-        requests, sep, seconds = text.strip().partition("/")
-        if not sep or not requests.isdigit() or not seconds.isdigit():
-            raise ValueError(f"expected '<requests>/<seconds>', e.g. '100/60', got {text!r}")
-        limit, window = int(requests), int(seconds)
-        if not 1 <= limit <= 1_000_000_000 or not 1 <= window <= 31_536_000:
-            raise ValueError("requests must be 1..1e9 and seconds 1..31536000")
-        return cls(limit, window)
-
-    def __repr__(self) -> str:
-        return f"RateLimit({self.limit}/{self.window_seconds})"
+# A rate-limit policy is written `<requests>/<seconds>` in the environment, not as JSON.
+_PARSE_POLICY = BeforeValidator(RateLimitPolicy.from_text)
 
 
 class Settings(BaseSettings):
@@ -53,31 +35,26 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     key_prefix: str = Field(default="ks", pattern=r"^[a-z][a-z0-9_]{0,15}$")
     accept_query_key: bool = False
-    default_rate_limit: str | None = None
+    default_rate_limit: Annotated[RateLimitPolicy | None, NoDecode, _PARSE_POLICY] = None
     rate_limit_failure: Literal["open", "closed"] = "open"
     allow_registration: bool = True
     jwt_ttl_seconds: int = Field(default=900, ge=30, le=86_400 * 30)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    # Not in the public contract, but tunable: brute-force limits on /auth/token (API.md section 3).
+    # Not in the public contract, but tunable: brute-force limits on /auth/token (README, "Rate limits").
     login_max_failures_per_email: int = Field(default=10, ge=1)
     login_max_failures_per_ip: int = Field(default=30, ge=1)
     login_failure_window_seconds: int = Field(default=900, ge=1)
     # Failed API-key attempts per client address: stricter than normal traffic (see docs/RATE_LIMITS.md).
-    key_failure_limit: str = "30/60"
+    key_failure_limit: Annotated[RateLimitPolicy, NoDecode, _PARSE_POLICY] = RateLimitPolicy(
+        limit=30, window_seconds=60
+    )
 
-    @field_validator("redis_url", "default_rate_limit", "secret_key", mode="before")
+    @field_validator("redis_url", "secret_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("default_rate_limit", "key_failure_limit")
-    @classmethod
-    def _rate_limit_parses(cls, value: str | None) -> str | None:
-        if value is not None:
-            RateLimit.parse(value)
-        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -110,14 +87,6 @@ class Settings(BaseSettings):
     @property
     def is_embedded(self) -> bool:
         return make_url(self.database_url).get_backend_name() == "sqlite"
-
-    @property
-    def parsed_default_rate_limit(self) -> RateLimit | None:
-        return RateLimit.parse(self.default_rate_limit) if self.default_rate_limit else None
-
-    @property
-    def parsed_key_failure_limit(self) -> RateLimit:
-        return RateLimit.parse(self.key_failure_limit)
 
     def resolved_secret_key(self) -> str:
         """The configured secret, or in embedded mode one generated once and kept beside the SQLite file."""

@@ -10,22 +10,23 @@ from sqlalchemy import select
 from keystile.audit.models import AuditEvent
 from keystile.clock import FakeClock
 from tests.helpers import (
+    UNROTATABLE,
     KeystileClient,
     admin_headers,
     create_key,
     database_snapshot,
     login,
+    make_unrotatable,
     parse_time,
     register,
     user_headers,
 )
-from tests.keys.test_lifecycle import UNROTATABLE, make_unrotatable
 
 EVENT_FIELDS = {"id", "at", "actor_id", "action", "api_key_id", "ip", "detail"}
 
 
 async def stored_events(client: KeystileClient) -> list[AuditEvent]:
-    async with client.runtime.session_factory() as session:
+    async with client.keystile.session_factory() as session:
         return list((await session.scalars(select(AuditEvent).order_by(AuditEvent.id))).all())
 
 

@@ -5,24 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from keystile.audit.models import AuditEvent
 from keystile.clock import FakeClock
-from keystile.users.models import User
 from tests.helpers import (
     INVALID_KEY,
+    READ_FIELDS,
     KeystileClient,
     admin_headers,
     create_key,
     database_snapshot,
     login,
+    make_admin,
     parse_time,
     register,
     stored_key,
     user_headers,
 )
-from tests.keys.test_routes import READ_FIELDS
 
 ADMIN_REQUIRED = {"detail": "Admin privileges required"}
 
@@ -190,7 +190,7 @@ async def test_admin_revoke_is_idempotent_and_audited_once(client: KeystileClien
     assert first.status_code == again.status_code == 200
     assert again.json() == first.json()
     assert (await stored_key(client, target["id"])).revoked_at == revoked_at
-    async with client.runtime.session_factory() as session:
+    async with client.keystile.session_factory() as session:
         events = (
             await session.scalars(
                 select(AuditEvent).where(AuditEvent.api_key_id == target["id"], AuditEvent.action == "key.revoked")
@@ -235,9 +235,7 @@ async def test_admin_revoke_of_a_nonexistent_key_is_404(client: KeystileClient) 
 async def test_admin_rights_end_when_the_flag_is_cleared(client: KeystileClient) -> None:
     admin = await admin_headers(client)
     assert (await client.get("/admin/keys", headers=admin)).status_code == 200
-    async with client.runtime.session_factory() as session:
-        await session.execute(update(User).where(User.email == "admin@example.com").values(is_admin=False))
-        await session.commit()
+    await make_admin(client, "admin@example.com", is_admin=False)
 
     response = await client.get("/admin/keys", headers=admin)
 

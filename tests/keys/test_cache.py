@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from keystile.keys import format as key_format
 from keystile.keys.cache import KeyCache
-from keystile.keys.verification import KeyRecord
+from keystile.keys.records import KeyRecord
 from tests.helpers import (
     FakeMonotonic,
     KeystileClient,
@@ -21,7 +21,7 @@ from tests.helpers import (
     wrong_checksum,
 )
 
-pytestmark = pytest.mark.usefixtures("no_timer_flush")
+pytestmark = pytest.mark.no_timer_flush
 
 TTL = 10.0
 
@@ -30,6 +30,7 @@ def record_for(key_id: str, pk: int = 1) -> KeyRecord:
     return KeyRecord(
         id=pk,
         key_id=key_id,
+        hash_scheme=key_format.HASH_SCHEME,
         key_digest=bytes(32),
         user_id=1,
         name="k",
@@ -38,7 +39,7 @@ def record_for(key_id: str, pk: int = 1) -> KeyRecord:
         metadata=MappingProxyType({}),
         expires_at=None,
         is_active=True,
-        policy=None,
+        rate_limit=None,
         quota_holder_id=None,
     )
 
@@ -60,7 +61,7 @@ def test_entry_is_served_until_its_ttl_and_gone_at_the_ttl() -> None:
     assert cache.get("AAAAAAAAAAAA") is record
     monotonic.now += 0.001
     assert cache.get("AAAAAAAAAAAA") is None
-    assert cache.size == 0
+    assert len(cache) == 0
 
 
 def test_unknown_key_id_is_remembered_until_its_ttl() -> None:
@@ -70,7 +71,7 @@ def test_unknown_key_id_is_remembered_until_its_ttl() -> None:
 
     assert cache.is_known_unknown("BBBBBBBBBBBB")
     assert cache.get("BBBBBBBBBBBB") is None
-    assert cache.size == 0
+    assert len(cache) == 0
     monotonic.now += TTL
     assert not cache.is_known_unknown("BBBBBBBBBBBB")
 
@@ -83,7 +84,7 @@ def test_least_recently_used_entry_is_evicted_at_the_bound() -> None:
 
     cache.put("c", record_for("c", 3))
 
-    assert cache.size == 2
+    assert len(cache) == 2
     assert cache.get("b") is None
     assert cache.get("a") is not None
     assert cache.get("c") is not None
@@ -202,11 +203,11 @@ async def issue_key(client: KeystileClient, **body: Any) -> dict[str, Any]:
 async def test_second_use_of_a_key_sends_no_sql(client: KeystileClient) -> None:
     created = await issue_key(client)
     key = {"X-API-Key": created["key"]}
-    with recorded_statements(client.runtime.engine) as first:
+    with recorded_statements(client.keystile.engine) as first:
         assert (await client.get("/data/export", headers=key)).status_code == 200
     assert first, "the first use must load the key from the database"
 
-    with recorded_statements(client.runtime.engine) as second:
+    with recorded_statements(client.keystile.engine) as second:
         for _ in range(5):
             assert (await client.get("/data/export", headers=key)).status_code == 200
 
@@ -216,9 +217,9 @@ async def test_second_use_of_a_key_sends_no_sql(client: KeystileClient) -> None:
 async def test_concurrent_first_uses_of_a_key_send_one_select(client: KeystileClient) -> None:
     created = await issue_key(client)
     key = {"X-API-Key": created["key"]}
-    client.runtime.key_cache.clear()
+    client.keystile.key_cache.clear()
 
-    with recorded_statements(client.runtime.engine) as statements:
+    with recorded_statements(client.keystile.engine) as statements:
         responses = await asyncio.gather(*(client.get("/data/export", headers=key) for _ in range(10)))
 
     assert [response.status_code for response in responses] == [200] * 10
@@ -239,9 +240,9 @@ async def test_change_to_a_cached_key_applies_on_the_very_next_request(
     created = await issue_key(client)
     key = {"X-API-Key": created["key"]}
     assert (await client.get("/data/export", headers=key)).status_code == 200
-    parsed = key_format.parse_key(created["key"], "ks")
-    assert parsed is not None
-    assert client.runtime.key_cache.get(parsed.key_id) is not None
+    key_id = key_format.key_id_of(created["key"], "ks")
+    assert key_id is not None
+    assert client.keystile.key_cache.get(key_id) is not None
 
     method, path, body = change(created["id"])
     response = await client.request(method, path, json=body, headers=created["headers"])
@@ -282,19 +283,19 @@ async def test_malformed_key_is_refused_without_touching_the_database(
     created = await issue_key(client)
     malformed = make_malformed(created["key"])
 
-    with recorded_statements(client.runtime.engine) as statements:
+    with recorded_statements(client.keystile.engine) as statements:
         response = await client.get("/data/export", headers={"X-API-Key": malformed})
 
     assert response.status_code == 401
     assert statements == []
-    assert client.runtime.key_cache.size == 0
+    assert len(client.keystile.key_cache) == 0
 
 
 async def test_unknown_key_id_is_looked_up_once_then_answered_from_the_cache(client: KeystileClient) -> None:
     unknown = {"X-API-Key": unknown_key()}
-    with recorded_statements(client.runtime.engine) as first:
+    with recorded_statements(client.keystile.engine) as first:
         assert (await client.get("/data/export", headers=unknown)).status_code == 401
-    with recorded_statements(client.runtime.engine) as again:
+    with recorded_statements(client.keystile.engine) as again:
         for _ in range(3):
             assert (await client.get("/data/export", headers=unknown)).status_code == 401
 
@@ -310,7 +311,7 @@ async def test_flood_of_unknown_keys_leaves_a_valid_key_cached(client: KeystileC
     for _ in range(25):
         assert (await client.get("/data/export", headers={"X-API-Key": unknown_key()})).status_code == 401
 
-    with recorded_statements(client.runtime.engine) as statements:
+    with recorded_statements(client.keystile.engine) as statements:
         assert (await client.get("/data/export", headers=key)).status_code == 200
     assert statements == []
 

@@ -5,18 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
 
 from keystile.clock import FakeClock
-from keystile.keys.models import ApiKey
-from tests.helpers import KeystileClient, create_key, user_headers
-
-
-async def _stored(client: KeystileClient, key_pk: int) -> ApiKey:
-    async with client.runtime.session_factory() as session:
-        row = await session.scalar(select(ApiKey).where(ApiKey.id == key_pk))
-        assert row is not None
-        return row
+from tests.helpers import KeystileClient, create_key, stored_key, user_headers
 
 
 @pytest.mark.parametrize(
@@ -34,15 +25,15 @@ async def test_patching_expiry_or_quota_of_a_rotated_key_is_409_and_changes_noth
     old = await create_key(client, headers, quota=10)
     rotated = await client.post(f"/keys/{old['id']}/rotate", json={"grace_seconds": 60}, headers=headers)
     assert rotated.status_code == 201
-    before = await _stored(client, old["id"])
+    before = await stored_key(client, old["id"])
 
     response = await client.patch(f"/keys/{old['id']}", json=change, headers=headers)
 
     assert response.status_code == 409
     assert response.json() == {"detail": "this key was rotated: its expiry and quota follow the rotation"}
-    after = await _stored(client, old["id"])
+    after = await stored_key(client, old["id"])
     assert after.expires_at == before.expires_at == clock() + timedelta(seconds=60)
-    assert after.quota_key_id == before.quota_key_id == rotated.json()["id"]
+    assert after.quota_holder_id == before.quota_holder_id == rotated.json()["id"]
     assert after.quota_remaining is None
 
 
@@ -54,4 +45,4 @@ async def test_a_rotated_key_can_still_be_renamed(client: KeystileClient) -> Non
     response = await client.patch(f"/keys/{old['id']}", json={"name": "retiring"}, headers=headers)
 
     assert response.status_code == 200
-    assert (await _stored(client, old["id"])).name == "retiring"
+    assert (await stored_key(client, old["id"])).name == "retiring"

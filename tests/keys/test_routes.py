@@ -13,8 +13,11 @@ from sqlalchemy import select
 from keystile.audit.models import AuditEvent
 from keystile.clock import FakeClock
 from keystile.keys.models import ApiKey
+from keystile.ratelimit.policy import RateLimitPolicy
 from tests.helpers import (
+    CREATED_FIELDS,
     INVALID_KEY,
+    READ_FIELDS,
     KeystileClient,
     create_key,
     key_count,
@@ -24,30 +27,14 @@ from tests.helpers import (
     user_headers,
 )
 
-CREATED_FIELDS = {
-    "id",
-    "key",
-    "hint",
-    "name",
-    "scopes",
-    "created_at",
-    "expires_at",
-    "rate_limit",
-    "quota_remaining",
-    "ip_allowlist",
-    "metadata",
-    "is_active",
-}
-READ_FIELDS = (CREATED_FIELDS - {"key"}) | {"last_used_at", "use_count", "revoked_at", "rotated_from"}
-
 
 async def all_stored_keys(client: KeystileClient) -> list[ApiKey]:
-    async with client.runtime.session_factory() as session:
+    async with client.keystile.session_factory() as session:
         return list((await session.scalars(select(ApiKey).order_by(ApiKey.id))).all())
 
 
 async def audit_actions(client: KeystileClient, api_key_id: int) -> list[str]:
-    async with client.runtime.session_factory() as session:
+    async with client.keystile.session_factory() as session:
         query = select(AuditEvent.action).where(AuditEvent.api_key_id == api_key_id).order_by(AuditEvent.id)
         return list((await session.scalars(query)).all())
 
@@ -126,7 +113,7 @@ async def test_create_key_with_every_json_field_stores_them(client: KeystileClie
     assert row.scopes == ["keys:verify", "read"]
     assert row.expires_at is not None
     assert (row.expires_at - clock.now).total_seconds() == 3600
-    assert (row.rate_limit, row.rate_limit_window_seconds) == (10, 60)
+    assert row.rate_limit == RateLimitPolicy(limit=10, window_seconds=60)
     assert row.quota_remaining == 1000
     assert row.ip_allowlist == ["10.0.0.0/8", "2001:db8::1/128"]
     assert row.key_metadata == {"team": "payments", "tier": 2}
@@ -140,7 +127,7 @@ async def test_only_an_hmac_of_the_key_is_stored(client: KeystileClient) -> None
     row = await stored_key(client, created["id"])
     raw = created["key"]
     assert re.fullmatch(r"[0-9a-f]{64}", row.key_hash)
-    assert row.key_hash == hmac.new(client.runtime.pepper, raw.encode(), hashlib.sha256).hexdigest()
+    assert row.key_hash == hmac.new(client.keystile.pepper, raw.encode(), hashlib.sha256).hexdigest()
     assert row.key_hash != hashlib.sha256(raw.encode()).hexdigest(), "an unpeppered hash would be testable offline"
     assert row.hash_scheme == "hmac-sha256-v1"
     assert row.key_id == raw.rsplit("_", 2)[1]
@@ -191,6 +178,7 @@ async def test_created_key_opens_data_export_for_its_owner(client: KeystileClien
 
     assert response.status_code == 200, response.text
     assert response.json() == {"owner": owner.json()["id"], "data": []}
+    assert response.json() == {"owner": created["owner_id"], "data": []}
 
 
 # The raw key is never shown again
@@ -261,7 +249,7 @@ async def test_list_pages_with_limit_and_offset(
 async def test_list_defaults_to_50_keys(client: KeystileClient) -> None:
     headers = await user_headers(client)
     owner_id = (await client.get("/users/me", headers=headers)).json()["id"]
-    async with client.runtime.session_factory() as session:
+    async with client.keystile.session_factory() as session:
         for index in range(51):
             session.add(
                 ApiKey(
@@ -271,7 +259,7 @@ async def test_list_defaults_to_50_keys(client: KeystileClient) -> None:
                     hint=f"ks_{index:012d}_…abcd",
                     name=f"key-{index}",
                     user_id=owner_id,
-                    created_at=client.runtime.clock(),
+                    created_at=client.keystile.clock(),
                 )
             )
         await session.commit()

@@ -20,7 +20,7 @@ from tests.helpers import KeystileClient, create_key, database_snapshot, stored_
 async def scoped_app(client: KeystileClient) -> AsyncIterator[httpx.AsyncClient]:
     """A separate FastAPI app that embeds the running keystile, as a library user would."""
     app = FastAPI()
-    client.runtime.install(app)
+    client.keystile.install(app)
 
     @app.post("/reports")
     async def write_report(key: Annotated[KeyRecord, RequireScopes("data:write")]) -> dict[str, Any]:
@@ -70,7 +70,7 @@ async def test_require_scopes_admits_only_keys_holding_every_scope(
         assert response.json()["key"] == created["id"]
     else:
         assert response.json() == {"detail": detail}
-    await client.runtime.usage.flush()
+    await client.keystile.usage.flush()
     assert (await stored_key(client, created["id"])).use_count == (1 if status == 200 else 0)
 
 

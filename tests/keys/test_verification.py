@@ -20,7 +20,7 @@ from tests.helpers import (
     wrong_checksum,
 )
 
-pytestmark = pytest.mark.usefixtures("no_timer_flush")
+pytestmark = pytest.mark.no_timer_flush
 
 
 # Malformed keys cost no I/O
@@ -42,16 +42,16 @@ async def test_malformed_key_is_rejected_without_any_sql(client: KeystileClient,
     headers = await user_headers(client)
     created = await create_key(client, headers)
     malformed = make_malformed(created["key"])
-    assert key_format.parse_key(malformed, "ks") is None
+    assert key_format.key_id_of(malformed, "ks") is None
 
-    with recorded_statements(client.runtime.engine) as statements:
+    with recorded_statements(client.keystile.engine) as statements:
         response = await client.get("/data/export", headers={"X-API-Key": malformed.encode()})
 
     assert response.status_code == 401
     assert response.json() == INVALID_KEY
     assert response.headers["WWW-Authenticate"] == "APIKey"
     assert statements == []
-    assert client.runtime.usage.pending_keys == 0
+    assert len(client.keystile.usage) == 0
 
 
 async def test_well_formed_unknown_key_is_looked_up_in_the_database(client: KeystileClient) -> None:
@@ -59,14 +59,14 @@ async def test_well_formed_unknown_key_is_looked_up_in_the_database(client: Keys
     await create_key(client, headers)
     unknown = key_format.generate_key("ks")
 
-    with recorded_statements(client.runtime.engine) as statements:
+    with recorded_statements(client.keystile.engine) as statements:
         response = await client.get("/data/export", headers={"X-API-Key": unknown.raw})
 
     assert response.status_code == 401
     assert response.json() == INVALID_KEY
     assert len(statements) == 1
     assert "api_keys" in statements[0]
-    assert client.runtime.usage.pending_keys == 0
+    assert len(client.keystile.usage) == 0
 
 
 async def test_known_key_id_with_a_wrong_secret_is_looked_up_and_refused(client: KeystileClient) -> None:
@@ -75,15 +75,15 @@ async def test_known_key_id_with_a_wrong_secret_is_looked_up_and_refused(client:
     prefix, key_id, _ = created["key"].rsplit("_", 2)
     other_secret = key_format.generate_key("ks").raw.rsplit("_", 2)[2][:43]
     forged = with_checksum(f"{prefix}_{key_id}_{other_secret}")
-    assert key_format.parse_key(forged, "ks") is not None
+    assert key_format.key_id_of(forged, "ks") is not None
 
-    with recorded_statements(client.runtime.engine) as statements:
+    with recorded_statements(client.keystile.engine) as statements:
         response = await client.get("/data/export", headers={"X-API-Key": forged})
 
     assert response.status_code == 401
     assert response.json() == INVALID_KEY
     assert len(statements) == 1
-    await client.runtime.usage.flush()
+    await client.keystile.usage.flush()
     row = await stored_key(client, created["id"])
     assert row.use_count == 0
     assert row.last_used_at is None
@@ -107,7 +107,7 @@ async def test_use_is_visible_on_read_at_once_and_stored_after_a_flush(
     clock.advance(30)
 
     before_flush = (await client.get(f"/keys/{created['id']}", headers=headers)).json()
-    written = await client.runtime.usage.flush()
+    written = await client.keystile.usage.flush()
     after_flush = (await client.get(f"/keys/{created['id']}", headers=headers)).json()
 
     assert before_flush["use_count"] == 3
@@ -125,12 +125,12 @@ async def test_uses_after_a_flush_add_to_the_stored_count(client: KeystileClient
     created = await create_key(client, headers)
     key = {"X-API-Key": created["key"]}
     assert (await client.get("/data/export", headers=key)).status_code == 200
-    await client.runtime.usage.flush()
+    await client.keystile.usage.flush()
     clock.advance(60)
 
     assert (await client.get("/data/export", headers=key)).status_code == 200
     read = (await client.get(f"/keys/{created['id']}", headers=headers)).json()
-    await client.runtime.usage.flush()
+    await client.keystile.usage.flush()
 
     assert read["use_count"] == 2
     assert parse_time(read["last_used_at"]) == clock.now
@@ -168,7 +168,7 @@ async def test_refused_attempts_are_not_counted_as_uses(client: KeystileClient, 
         response = await client.get("/data/export", headers={"X-API-Key": make_refused(created["key"]).encode()})
         assert response.status_code == 401
     read = (await client.get(f"/keys/{created['id']}", headers=headers)).json()
-    await client.runtime.usage.flush()
+    await client.keystile.usage.flush()
 
     assert read["use_count"] == 0
     assert read["last_used_at"] is None
@@ -183,7 +183,7 @@ async def test_use_of_a_revoked_key_is_not_counted(client: KeystileClient) -> No
     assert (await client.post(f"/keys/{created['id']}/revoke", headers=headers)).status_code == 200
 
     response = await client.get("/data/export", headers={"X-API-Key": created["key"]})
-    await client.runtime.usage.flush()
+    await client.keystile.usage.flush()
 
     assert response.status_code == 401
     assert response.json() == INVALID_KEY

@@ -66,7 +66,8 @@ async def burst(servers: list[KeystileServer], key: str, count: int) -> list[htt
         )
 
 
-async def stored_quota(database_url: str, api_key_id: int) -> int | None:
+async def quota_in_database(database_url: str, api_key_id: int) -> int | None:
+    """`quota_remaining` of a key, read straight from the servers' database (no in-process app to ask)."""
     import asyncpg
 
     connection = await asyncpg.connect(database_url.replace("+asyncpg", ""), timeout=5)
@@ -111,4 +112,4 @@ async def test_quota_admits_exactly_its_balance_across_two_processes(
     assert {r.json()["detail"] for r in responses if r.status_code == 429} == {"API key quota exhausted"}
     assert all("Retry-After" not in r.headers for r in responses)
     assert {r.status_code for r in second_burst} == {429}
-    assert await stored_quota(shared_database, created["id"]) == 0
+    assert await quota_in_database(shared_database, created["id"]) == 0

@@ -6,11 +6,10 @@ import httpx
 
 from keystile.clock import FakeClock
 from tests.conftest import MakeClient
-from tests.helpers import PASSWORD, KeystileClient, align, create_key, register, user_headers
+from tests.helpers import EXPORT, PASSWORD, KeystileClient, align, create_key, register, user_headers
 
 LOGIN_WINDOW = 900
 KEY_FAILURE_WINDOW = 60
-EXPORT = "/data/export"
 
 
 async def attempt(

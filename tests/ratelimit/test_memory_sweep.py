@@ -11,10 +11,10 @@ async def test_ended_windows_are_swept_once_the_table_passes_the_threshold() -> 
     limiter = MemoryRateLimiter(sweep_threshold=100)
     for number in range(99):
         await limiter.hit(f"login:email:user{number}", limit=5, window_seconds=60, cost=1, now=clock())
-    assert limiter.bucket_count == 99
+    assert len(limiter) == 99
     clock.advance(120)
     await limiter.hit("login:email:fresh", limit=5, window_seconds=60, cost=1, now=clock())
-    assert limiter.bucket_count == 1
+    assert len(limiter) == 1
 
 
 async def test_live_windows_survive_a_sweep_and_keep_their_counts() -> None:
@@ -29,7 +29,7 @@ async def test_live_windows_survive_a_sweep_and_keep_their_counts() -> None:
         await limiter.hit(f"short:{number}", limit=5, window_seconds=1, cost=1, now=clock())
     decision = await limiter.hit("key:1", limit=3, window_seconds=3600, cost=1, now=clock())
     assert not decision.allowed
-    assert limiter.bucket_count <= 21
+    assert len(limiter) <= 21
 
 
 async def test_a_peek_at_an_unseen_bucket_stores_nothing() -> None:
@@ -39,4 +39,4 @@ async def test_a_peek_at_an_unseen_bucket_stores_nothing() -> None:
     )
     assert decision.allowed
     assert decision.remaining == 10
-    assert limiter.bucket_count == 0
+    assert len(limiter) == 0

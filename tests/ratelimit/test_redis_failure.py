@@ -6,7 +6,6 @@ Each test runs its own `redis-server` (`own_redis`), so stopping it never distur
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -15,22 +14,20 @@ import pytest
 from keystile.clock import FakeClock
 from keystile.ratelimit import guard
 from tests.conftest import MakeClient
-from tests.helpers import FakeMonotonic, KeystileClient, align, create_key, login, user_headers
+from tests.helpers import EXPORT, FakeMonotonic, KeystileClient, align, create_key, login, user_headers
 from tests.ratelimit.conftest import RedisServer
 
 pytestmark = pytest.mark.redis
 
-EXPORT = "/data/export"
 CLOSED_DETAIL = "Rate limiting is unavailable and this deployment fails closed"
 FAILURES_METRIC = "keystile_rate_limiter_failures_total"
 
 
 @pytest.fixture
-def monotonic(monkeypatch: pytest.MonkeyPatch) -> FakeMonotonic:
-    """The guard's clock for retry intervals, and only the guard's (the event loop keeps the real one)."""
-    fake = FakeMonotonic()
-    monkeypatch.setattr(guard, "time", SimpleNamespace(monotonic=fake))
-    return fake
+def monotonic() -> FakeMonotonic:
+    """The app's interval clock, so the guard's retry interval passes when the test says (the event loop keeps the
+    real one)."""
+    return FakeMonotonic()
 
 
 async def failures_metric(client: httpx.AsyncClient) -> str:

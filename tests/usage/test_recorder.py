@@ -11,15 +11,14 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keystile import runtime as runtime_module
 from keystile.app import create_app
 from keystile.clock import FakeClock
 from keystile.db import create_engine
 from keystile.keys.models import ApiKey
 from tests.conftest import make_settings
-from tests.helpers import KeystileClient, create_key, recorded_statements, user_headers
+from tests.helpers import CHEAP_PASSWORDS, KeystileClient, create_key, recorded_statements, user_headers
 
-pytestmark = pytest.mark.usefixtures("no_timer_flush")
+pytestmark = pytest.mark.no_timer_flush
 
 
 def updates_of_api_keys(statements: list[str]) -> list[str]:
@@ -43,12 +42,12 @@ async def use(client: KeystileClient, key: str, times: int = 1) -> None:
 async def test_uses_are_buffered_without_an_update_per_request(client: KeystileClient) -> None:
     created = await create_key(client, await user_headers(client))
 
-    with recorded_statements(client.runtime.engine) as statements:
+    with recorded_statements(client.keystile.engine) as statements:
         await use(client, created["key"], times=20)
 
     assert updates_of_api_keys(statements) == []
-    assert await stored_usage(client.runtime.engine, created["id"]) == (0, None)
-    pending = client.runtime.usage.pending_for(created["id"])
+    assert await stored_usage(client.keystile.engine, created["id"]) == (0, None)
+    pending = client.keystile.usage.pending_for(created["id"])
     assert pending is not None
     assert pending.count == 20
 
@@ -60,14 +59,14 @@ async def test_flush_writes_one_update_per_key(client: KeystileClient, clock: Fa
     await use(client, first["key"], times=7)
     await use(client, second["key"], times=3)
 
-    with recorded_statements(client.runtime.engine) as statements:
-        written = await client.runtime.usage.flush()
+    with recorded_statements(client.keystile.engine) as statements:
+        written = await client.keystile.usage.flush()
 
     assert written == 2
     assert len(updates_of_api_keys(statements)) == 2
-    assert await stored_usage(client.runtime.engine, first["id"]) == (7, clock.now)
-    assert await stored_usage(client.runtime.engine, second["id"]) == (3, clock.now)
-    assert client.runtime.usage.pending_keys == 0
+    assert await stored_usage(client.keystile.engine, first["id"]) == (7, clock.now)
+    assert await stored_usage(client.keystile.engine, second["id"]) == (3, clock.now)
+    assert len(client.keystile.usage) == 0
 
 
 async def test_last_used_at_is_the_newest_use(client: KeystileClient, clock: FakeClock) -> None:
@@ -76,23 +75,23 @@ async def test_last_used_at_is_the_newest_use(client: KeystileClient, clock: Fak
     clock.advance(60)
     await use(client, created["key"])
     newest = clock.now
-    client.runtime.usage.record(created["id"], newest - timedelta(seconds=30))  # a late, older record
+    client.keystile.usage.record(created["id"], newest - timedelta(seconds=30))  # a late, older record
 
-    await client.runtime.usage.flush()
+    await client.keystile.usage.flush()
 
-    assert await stored_usage(client.runtime.engine, created["id"]) == (3, newest)
+    assert await stored_usage(client.keystile.engine, created["id"]) == (3, newest)
 
 
 async def test_flush_keeps_a_newer_last_used_at_already_stored(client: KeystileClient, clock: FakeClock) -> None:
     created = await create_key(client, await user_headers(client))
     later = clock.now + timedelta(hours=1)  # as if another process wrote a later use first
-    client.runtime.usage.record(created["id"], later)
-    await client.runtime.usage.flush()
+    client.keystile.usage.record(created["id"], later)
+    await client.keystile.usage.flush()
 
     await use(client, created["key"])
-    await client.runtime.usage.flush()
+    await client.keystile.usage.flush()
 
-    assert await stored_usage(client.runtime.engine, created["id"]) == (2, later)
+    assert await stored_usage(client.keystile.engine, created["id"]) == (2, later)
 
 
 async def test_key_used_once_is_recorded(client: KeystileClient, clock: FakeClock) -> None:
@@ -100,9 +99,9 @@ async def test_key_used_once_is_recorded(client: KeystileClient, clock: FakeCloc
     created = await create_key(client, headers)
     await use(client, created["key"])
 
-    assert await client.runtime.usage.flush() == 1
+    assert await client.keystile.usage.flush() == 1
 
-    assert await stored_usage(client.runtime.engine, created["id"]) == (1, clock.now)
+    assert await stored_usage(client.keystile.engine, created["id"]) == (1, clock.now)
     shown = await client.get(f"/keys/{created['id']}", headers=headers)
     assert shown.json()["use_count"] == 1
     assert shown.json()["last_used_at"] is not None
@@ -120,24 +119,24 @@ async def test_failed_flush_keeps_its_counts_for_the_next_flush(client: Keystile
         if args[2].lstrip().upper().startswith("UPDATE"):
             raise DatabaseDown("database went away")
 
-    sync_engine = client.runtime.engine.sync_engine
+    sync_engine = client.keystile.engine.sync_engine
     event.listen(sync_engine, "before_cursor_execute", refuse_writes)
     try:
         with pytest.raises(DatabaseDown):
-            await client.runtime.usage.flush()
+            await client.keystile.usage.flush()
     finally:
         event.remove(sync_engine, "before_cursor_execute", refuse_writes)
-    assert await stored_usage(client.runtime.engine, created["id"]) == (0, None)
+    assert await stored_usage(client.keystile.engine, created["id"]) == (0, None)
     await use(client, created["key"], times=2)  # uses between the failed and the good flush add up
 
-    assert await client.runtime.usage.flush() == 1
+    assert await client.keystile.usage.flush() == 1
 
-    assert await stored_usage(client.runtime.engine, created["id"]) == (6, clock.now)
-    assert client.runtime.usage.pending_keys == 0
+    assert await stored_usage(client.keystile.engine, created["id"]) == (6, clock.now)
+    assert len(client.keystile.usage) == 0
 
 
 async def test_app_shutdown_flushes_every_recorded_use(database_url: str, clock: FakeClock) -> None:
-    app = create_app(make_settings(database_url), clock=clock)
+    app = create_app(make_settings(database_url), clock=clock, passwords=CHEAP_PASSWORDS)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with KeystileClient(transport=transport, base_url="http://testserver") as client:
@@ -145,8 +144,7 @@ async def test_app_shutdown_flushes_every_recorded_use(database_url: str, clock:
             keys = [await create_key(client, headers, name=f"k{index}") for index in range(3)]
             for index, created in enumerate(keys):
                 await use(client, created["key"], times=index + 1)
-            runtime = app.state.keystile
-            assert runtime.usage.pending_keys == 3
+            assert len(app.state.keystile.usage) == 3
 
     engine = create_engine(database_url)
     try:
@@ -156,16 +154,14 @@ async def test_app_shutdown_flushes_every_recorded_use(database_url: str, clock:
         await engine.dispose()
 
 
-async def test_timer_flushes_without_a_shutdown(
-    make_client: Any, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
-) -> None:
-    monkeypatch.setattr(runtime_module, "USAGE_FLUSH_INTERVAL_SECONDS", 0.01)
+@pytest.mark.parametrize("usage_flush_seconds", [0.01])
+async def test_timer_flushes_without_a_shutdown(make_client: Any, clock: FakeClock) -> None:
     client: KeystileClient = await make_client()
     created = await create_key(client, await user_headers(client))
     await use(client, created["key"], times=3)
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5.0
-    while await stored_usage(client.runtime.engine, created["id"]) != (3, clock.now):
+    while await stored_usage(client.keystile.engine, created["id"]) != (3, clock.now):
         assert loop.time() < deadline, "the usage timer did not flush within 5 s"
         await asyncio.sleep(0.01)

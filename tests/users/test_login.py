@@ -24,7 +24,7 @@ async def post_login(client: KeystileClient, email: str, password: str) -> Any:
 
 
 async def login_failures(client: KeystileClient) -> list[AuditEvent]:
-    async with client.runtime.session_factory() as session:
+    async with client.keystile.session_factory() as session:
         query = select(AuditEvent).where(AuditEvent.action == "user.login_failed").order_by(AuditEvent.id)
         return list((await session.scalars(query)).all())
 

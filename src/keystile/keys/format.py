@@ -1,4 +1,4 @@
-"""The key format of API.md section 1: `<prefix>_<key_id>_<secret><checksum>`.
+"""The key format (README, "Key format"): `<prefix>_<key_id>_<secret><checksum>`.
 
 Everything here is pure and does no I/O, so a malformed or mistyped key is rejected before any database, cache or
 Redis is touched. Hashing is HMAC-SHA256 with a server-side pepper: keys carry 256 bits of randomness, so a slow
@@ -13,9 +13,9 @@ import hmac
 import re
 import secrets
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
-from typing import NamedTuple
 
 BASE62_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 KEY_ID_LENGTH = 12
@@ -51,21 +51,6 @@ def checksum(body: str) -> str:
     return base62_encode(zlib.crc32(body.encode("ascii")), CHECKSUM_LENGTH)
 
 
-class ParsedKey(NamedTuple):
-    """A key whose shape and checksum are right. It may still be unknown or wrong: that takes a lookup.
-
-    A NamedTuple rather than a frozen dataclass: it is built for every well-formed key presented, and a frozen
-    dataclass's __init__ costs several times more. Its repr leaves the raw key out.
-    """
-
-    prefix: str
-    key_id: str
-    raw: str
-
-    def __repr__(self) -> str:
-        return f"ParsedKey(prefix={self.prefix!r}, key_id={self.key_id!r})"
-
-
 @dataclass(frozen=True, slots=True)
 class NewKey:
     key_id: str
@@ -83,22 +68,15 @@ def generate_key(prefix: str) -> NewKey:
     return NewKey(key_id=key_id, raw=body + checksum(body))
 
 
-def parse_key(presented: str, prefix: str) -> ParsedKey | None:
-    """Return the parsed key, or None when it is not a well-formed key of this deployment."""
-    key_id = key_id_of(presented, prefix)
-    return None if key_id is None else ParsedKey(prefix, key_id, presented)
-
-
 def key_id_of(presented: str, prefix: str) -> str | None:
-    """The key_id of a well-formed key of this deployment, else None. The hot path's parse: it builds no object."""
+    """The key_id of a well-formed key of this deployment (right shape, right checksum), else None. No I/O."""
     if len(presented) > MAX_PRESENTED_KEY_LENGTH:
         return None
     # The prefix may itself contain "_", but key_id and tail never do, so one anchored pattern splits it exactly.
     match = _key_pattern(prefix).fullmatch(presented)
     if match is None:
         return None
-    # The checksum is not a secret (anyone holding the key can compute it), so a plain comparison is fine here;
-    # decoding the 6 presented digits is cheaper than encoding the CRC, and this runs for every garbage key.
+    # The checksum is not a secret (anyone holding the key can compute it), so a plain comparison is fine here.
     if _base62_decode(presented[-CHECKSUM_LENGTH:]) != zlib.crc32(presented[:-CHECKSUM_LENGTH].encode("ascii")):
         return None
     key_id: str = match[1]
@@ -111,7 +89,8 @@ def _key_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(rf"{re.escape(prefix)}_([0-9A-Za-z]{{{KEY_ID_LENGTH}}})_[0-9A-Za-z]{{{_TAIL_LENGTH}}}", re.ASCII)
 
 
-# Two digits at a time: three lookups decode a checksum (62**2 = 3844 entries, built once).
+# Two digits at a time: three lookups decode a checksum (62**2 = 3844 entries, built once). bench_verify's
+# "malformed" case is what this table and the default-argument lookup below keep under its target.
 _BASE62_PAIR_VALUE = {
     high + low: 62 * high_value + low_value
     for high_value, high in enumerate(BASE62_ALPHABET)
@@ -120,10 +99,7 @@ _BASE62_PAIR_VALUE = {
 
 
 def _base62_decode(digits: str, pair_value: dict[str, int] = _BASE62_PAIR_VALUE) -> int:
-    """Decode the 6 checksum digits (only ever called on text the key pattern has matched).
-
-    The table comes in as a default argument (a local lookup, not a global one): this runs for every key presented.
-    """
+    """Decode the 6 checksum digits (only ever called on text the key pattern has matched)."""
     return (pair_value[digits[0:2]] * 3844 + pair_value[digits[2:4]]) * 3844 + pair_value[digits[4:6]]
 
 
@@ -132,32 +108,39 @@ def derive_pepper(secret_key: str) -> bytes:
     return hmac.new(secret_key.encode(), b"keystile api-key pepper v1", hashlib.sha256).digest()
 
 
-def hash_key(raw: str, pepper: bytes) -> str:
-    """HMAC-SHA256 (RFC 2104) of the key with the pepper, hex: what the database stores."""
-    return key_digest(raw, pepper).hex()
+def key_hashers(pepper: bytes) -> dict[str, Callable[[str], bytes]]:
+    """The digest function of each hash scheme, by the name stored in `api_keys.hash_scheme`.
 
-
-def key_digest(raw: str, pepper: bytes) -> bytes:
-    """HMAC-SHA256 of the key with the pepper, as bytes (the hot path compares these).
-
-    The pepper's inner and outer hash states are computed once and copied per key, which halves the cost of
-    `hmac.new`; tests check the result equals `hmac.new(pepper, raw, sha256)`.
+    Verification picks the function by the row's scheme, so a new scheme (a rotated pepper, another MAC) is one more
+    entry here and keys hashed under an older one keep verifying (docs/DESIGN.md, "Keys").
     """
-    inner_start, outer_start = _hmac_states(pepper)
-    inner = inner_start.copy()
-    inner.update(raw.encode("ascii"))
-    outer = outer_start.copy()
-    outer.update(inner.digest())
-    return outer.digest()
+    return {HASH_SCHEME: _hmac_sha256(pepper)}
+
+
+def hash_key(raw: str, pepper: bytes) -> str:
+    """HMAC-SHA256 (RFC 2104) of the key with the pepper, hex: what the database stores (scheme `HASH_SCHEME`)."""
+    return _hmac_sha256(pepper)(raw).hex()
 
 
 @cache
-def _hmac_states(pepper: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+def _hmac_sha256(pepper: bytes) -> Callable[[str], bytes]:
+    """HMAC-SHA256 keyed with `pepper`, as a function of the key, giving bytes (the hot path compares these).
+
+    The pepper's inner and outer hash states are computed once here and copied per key, which halves the cost of
+    `hmac.new` (bench_verify, "cache hit"); tests check the result equals `hmac.new(pepper, raw, sha256)`.
+    """
     block = (hashlib.sha256(pepper).digest() if len(pepper) > _SHA256_BLOCK else pepper).ljust(_SHA256_BLOCK, b"\0")
-    return (
-        hashlib.sha256(bytes(byte ^ 0x36 for byte in block)),
-        hashlib.sha256(bytes(byte ^ 0x5C for byte in block)),
-    )
+    inner_start = hashlib.sha256(bytes(byte ^ 0x36 for byte in block))
+    outer_start = hashlib.sha256(bytes(byte ^ 0x5C for byte in block))
+
+    def digest(raw: str) -> bytes:
+        inner = inner_start.copy()
+        inner.update(raw.encode("ascii"))
+        outer = outer_start.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+    return digest
 
 
 def hashes_match(presented_hash: bytes, stored_hash: bytes) -> bool:

@@ -4,9 +4,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, composite, mapped_column
 
 from keystile.db import Base, UTCDateTime
+from keystile.ratelimit.policy import RateLimitPolicy
 
 
 class ApiKey(Base):
@@ -31,12 +32,16 @@ class ApiKey(Base):
     ip_allowlist: Mapped[list[str]] = mapped_column(JSON, default=list)
     # "metadata" is reserved on declarative classes, so the attribute has another name than the column.
     key_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
-    rate_limit: Mapped[int | None] = mapped_column(Integer, default=None)
-    rate_limit_window_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    # One policy over two columns; the first keeps its historical column name under another attribute key.
+    rate_limit: Mapped[RateLimitPolicy | None] = composite(
+        RateLimitPolicy.of,
+        mapped_column("rate_limit", Integer, nullable=True, key="rate_limit_requests"),
+        mapped_column("rate_limit_window_seconds", Integer, nullable=True),
+    )
     quota_remaining: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # During a rotation's grace the old key draws from its successor's balance: this names the key whose
     # quota_remaining a use of this key spends (None: its own).
-    quota_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
+    quota_holder_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
     rotated_from: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
 
     def __repr__(self) -> str:

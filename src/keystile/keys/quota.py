@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -28,8 +29,11 @@ EXHAUSTED_RECHECK_SECONDS = 5.0
 
 
 class QuotaLedger:
-    def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, session_factory: async_sessionmaker[AsyncSession], *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self._session_factory = session_factory
+        self._monotonic = monotonic
         self._leased: dict[int, int] = {}
         self._remaining_in_db: dict[int, int] = {}
         self._locks: defaultdict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -42,13 +46,13 @@ class QuotaLedger:
         """Spend `cost` from the balance of key `holder_id`. Return what remains, or None when it does not suffice."""
         async with self._locks[holder_id]:
             leased = self._leased.get(holder_id, 0)
-            if leased < cost and self._exhausted_until.get(holder_id, 0.0) > time.monotonic():
+            if leased < cost and self._exhausted_until.get(holder_id, 0.0) > self._monotonic():
                 return None
             if leased < cost or holder_id not in self._remaining_in_db:
                 leased += await self._lease(holder_id, need=max(0, cost - leased))
             if leased < cost:
                 self._leased[holder_id] = leased
-                self._exhausted_until[holder_id] = time.monotonic() + EXHAUSTED_RECHECK_SECONDS
+                self._exhausted_until[holder_id] = self._monotonic() + EXHAUSTED_RECHECK_SECONDS
                 return None
             self._leased[holder_id] = leased - cost
             return self._remaining_in_db[holder_id] + self._leased[holder_id]

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from keystile.keys.models import ApiKey
+from keystile.ratelimit.policy import RateLimitPolicy
 
 MAX_METADATA_BYTES = 4096
 MAX_SCOPES = 50
@@ -47,13 +48,6 @@ IpAllowlist = Annotated[
 Metadata = Annotated[dict[str, Any], AfterValidator(_small_json_object)]
 
 
-class RateLimitSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    limit: int = Field(ge=1, le=1_000_000_000, strict=True)
-    window_seconds: int = Field(ge=1, le=31_536_000, strict=True)
-
-
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -61,7 +55,7 @@ class KeyCreate(BaseModel):
     scopes: Scopes = Field(default_factory=list)
     expires_at: AwareDatetime | None = None
     expires_in: int | None = Field(default=None, ge=1, le=MAX_EXPIRES_IN_SECONDS, description="seconds from now")
-    rate_limit: RateLimitSpec | None = None
+    rate_limit: RateLimitPolicy | None = None
     quota: int | None = Field(default=None, ge=0, le=2**62, description="total requests allowed; null: unlimited")
     ip_allowlist: IpAllowlist = Field(default_factory=list)
     metadata: Metadata = Field(default_factory=dict)
@@ -82,7 +76,7 @@ class KeyUpdate(BaseModel):
     scopes: Scopes | None = None
     expires_at: AwareDatetime | None = None
     expires_in: int | None = Field(default=None, ge=1, le=MAX_EXPIRES_IN_SECONDS, description="seconds from now")
-    rate_limit: RateLimitSpec | None = None
+    rate_limit: RateLimitPolicy | None = None
     quota: int | None = Field(default=None, ge=0, le=2**62)
     ip_allowlist: IpAllowlist | None = None
     metadata: Metadata | None = None
@@ -111,7 +105,7 @@ class KeyRead(BaseModel):
     scopes: list[str]
     created_at: datetime
     expires_at: datetime | None
-    rate_limit: RateLimitSpec | None
+    rate_limit: RateLimitPolicy | None
     quota_remaining: int | None
     ip_allowlist: list[str]
     metadata: dict[str, Any]
@@ -122,29 +116,25 @@ class KeyRead(BaseModel):
     rotated_from: int | None
 
     @classmethod
-    def from_row(cls, row: ApiKey, **overrides: Any) -> KeyRead:
-        rate_limit = None
-        if row.rate_limit is not None and row.rate_limit_window_seconds is not None:
-            rate_limit = RateLimitSpec(limit=row.rate_limit, window_seconds=row.rate_limit_window_seconds)
-        fields: dict[str, Any] = {
-            "id": row.id,
-            "hint": row.hint,
-            "name": row.name,
-            "owner_id": row.user_id,
-            "scopes": row.scopes,
-            "created_at": row.created_at,
-            "expires_at": row.expires_at,
-            "rate_limit": rate_limit,
-            "quota_remaining": row.quota_remaining,
-            "ip_allowlist": row.ip_allowlist,
-            "metadata": row.key_metadata,
-            "is_active": row.is_active,
-            "last_used_at": row.last_used_at,
-            "use_count": row.use_count,
-            "revoked_at": row.revoked_at,
-            "rotated_from": row.rotated_from,
-        }
-        return cls(**(fields | overrides))
+    def from_row(cls, row: ApiKey) -> KeyRead:
+        return cls(
+            id=row.id,
+            hint=row.hint,
+            name=row.name,
+            owner_id=row.user_id,
+            scopes=row.scopes,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            rate_limit=row.rate_limit,
+            quota_remaining=row.quota_remaining,
+            ip_allowlist=row.ip_allowlist,
+            metadata=row.key_metadata,
+            is_active=row.is_active,
+            last_used_at=row.last_used_at,
+            use_count=row.use_count,
+            revoked_at=row.revoked_at,
+            rotated_from=row.rotated_from,
+        )
 
 
 class KeyCreated(KeyRead):

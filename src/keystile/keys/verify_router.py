@@ -1,4 +1,4 @@
-"""`POST /v1/keys/verify`: the hot path as a service, for gateways and other services (API.md section 3)."""
+"""`POST /v1/keys/verify`: the hot path as a service, for gateways and other services (README, "Verify")."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from fastapi import APIRouter, HTTPException, Request, Response, Security, statu
 from fastapi.security import SecurityScopes
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
-from keystile.deps import OptionalUser, RuntimeDep
+from keystile.deps import KeystileDep, OptionalUser
 from keystile.fastapi import authenticate_api_key
-from keystile.keys.verification import Outcome, verify_key
+from keystile.keys.records import Outcome
 from keystile.ratelimit.base import Decision
 
 router = APIRouter(prefix="/v1/keys", tags=["verify"])
@@ -85,10 +85,12 @@ async def _authorize_caller(
 )
 async def verify(
     body: VerifyRequest,
-    runtime: RuntimeDep,
+    keystile: KeystileDep,
     _caller: Annotated[None, Security(_authorize_caller)],
 ) -> VerifyResponse:
-    verification = await verify_key(runtime, body.key, required_scopes=body.scopes, client_ip=body.ip, cost=body.cost)
+    verification = await keystile.verifier.verify(
+        body.key, required_scopes=body.scopes, client_ip=body.ip, cost=body.cost
+    )
     record = verification.key
     if record is None:
         return VerifyResponse(valid=False, code=verification.outcome)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
 
@@ -24,36 +25,47 @@ class LimiterClosedError(Exception):
 
 
 class LimiterGuard:
-    def __init__(self, limiter: RateLimiter, *, failure_mode: Literal["open", "closed"], metrics: Metrics) -> None:
-        self.limiter = limiter
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        *,
+        failure_mode: Literal["open", "closed"],
+        metrics: Metrics,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limiter = limiter
         self._failure_mode = failure_mode
         self._metrics = metrics
+        self._monotonic = monotonic
         self._failing_since: float | None = None
         self._next_attempt = 0.0
 
-    @property
-    def healthy(self) -> bool:
-        return self._failing_since is None
-
     async def hit(self, bucket: str, *, limit: int, window_seconds: int, cost: int, now: datetime) -> Decision | None:
         """The decision, or None when the backend is down and the failure mode is open."""
-        if self._failing_since is not None and time.monotonic() < self._next_attempt:
+        if self._failing_since is not None and self._monotonic() < self._next_attempt:
             self._fail_if_closed()
             return None
         try:
-            decision = await self.limiter.hit(bucket, limit=limit, window_seconds=window_seconds, cost=cost, now=now)
+            decision = await self._limiter.hit(bucket, limit=limit, window_seconds=window_seconds, cost=cost, now=now)
         except LimiterUnavailableError as error:
             if self._failing_since is None:
-                self._failing_since = time.monotonic()
+                self._failing_since = self._monotonic()
                 self._metrics.limiter_failures.inc()
                 logger.error("rate limiter backend unreachable, failing %s: %s", self._failure_mode, error)
-            self._next_attempt = time.monotonic() + RETRY_INTERVAL_SECONDS
+            self._next_attempt = self._monotonic() + RETRY_INTERVAL_SECONDS
             self._fail_if_closed()
             return None
         if self._failing_since is not None:
-            logger.warning("rate limiter backend is back after %.1fs", time.monotonic() - self._failing_since)
+            logger.warning("rate limiter backend is back after %.1fs", self._monotonic() - self._failing_since)
             self._failing_since = None
         return decision
+
+    async def ping(self) -> bool:
+        """Whether the backend answers now (for readiness), whatever the last decision saw."""
+        return await self._limiter.ping()
+
+    async def close(self) -> None:
+        await self._limiter.close()
 
     def _fail_if_closed(self) -> None:
         if self._failure_mode == "closed":

@@ -35,8 +35,8 @@ class MemoryRateLimiter:
         # Sweep again only once the table has doubled over what survived: amortized O(1) per hit.
         self._next_sweep_size = max(self._sweep_threshold, 2 * len(self._windows))
 
-    @property
-    def bucket_count(self) -> int:
+    def __len__(self) -> int:
+        """How many buckets are held."""
         return len(self._windows)
 
     async def ping(self) -> bool:

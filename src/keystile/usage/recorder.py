@@ -40,8 +40,8 @@ class UsageRecorder:
             if at > pending.last_used_at:
                 pending.last_used_at = at
 
-    @property
-    def pending_keys(self) -> int:
+    def __len__(self) -> int:
+        """How many keys have uses not yet written."""
         return len(self._pending)
 
     def pending_for(self, api_key_id: int) -> PendingUsage | None:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from keystile.audit import service as audit
-from keystile.deps import ClientIP, CurrentUser, RuntimeDep, SessionDep, ip_text
+from keystile.deps import ClientIP, CurrentUser, KeystileDep, SessionDep, ip_text
 from keystile.users import service, throttle
 from keystile.users.schemas import Token, UserCreate, UserRead
 from keystile.users.tokens import issue_access_token
@@ -29,12 +29,17 @@ _BAD_CREDENTIALS = HTTPException(
         409: {"description": "Email already registered"},
     },
 )
-async def register(body: UserCreate, runtime: RuntimeDep, session: SessionDep, ip: ClientIP) -> UserRead:
-    if not runtime.settings.allow_registration:
+async def register(body: UserCreate, keystile: KeystileDep, session: SessionDep, ip: ClientIP) -> UserRead:
+    if not keystile.settings.allow_registration:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Registration is closed")
     try:
         user = await service.create_user(
-            session, email=body.email, password=body.password, now=runtime.clock(), ip=ip_text(ip)
+            session,
+            email=body.email,
+            password=body.password,
+            passwords=keystile.passwords,
+            now=keystile.clock(),
+            ip=ip_text(ip),
         )
     except service.EmailTakenError:
         raise HTTPException(status.HTTP_409_CONFLICT, detail="Email already registered") from None
@@ -49,32 +54,34 @@ async def register(body: UserCreate, runtime: RuntimeDep, session: SessionDep, i
 )
 async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
-    runtime: RuntimeDep,
+    keystile: KeystileDep,
     session: SessionDep,
     ip: ClientIP,
 ) -> Token:
-    wait = await throttle.seconds_locked(runtime, form.username, ip)
+    wait = await throttle.seconds_locked(keystile, form.username, ip)
     if wait is not None:
-        runtime.metrics.rate_limited.labels("login_failures").inc()
+        keystile.metrics.rate_limited.labels("login_failures").inc()
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             detail="Too many failed login attempts",
             headers={"Retry-After": str(wait)},
         )
-    user, ok = await service.authenticate(session, email=form.username, password=form.password)
+    user, ok = await service.authenticate(
+        session, email=form.username, password=form.password, passwords=keystile.passwords
+    )
     if user is None or not ok:
-        await throttle.record_failure(runtime, form.username, ip)
+        await throttle.record_failure(keystile, form.username, ip)
         audit.record(
             session,
-            at=runtime.clock(),
+            at=keystile.clock(),
             action="user.login_failed",
             actor_id=user.id if user else None,
             ip=ip_text(ip),
         )
         await session.commit()
         raise _BAD_CREDENTIALS
-    ttl = runtime.settings.jwt_ttl_seconds
-    token = issue_access_token(user_id=user.id, signing_key=runtime.signing_key, now=runtime.clock(), ttl_seconds=ttl)
+    ttl = keystile.settings.jwt_ttl_seconds
+    token = issue_access_token(user_id=user.id, signing_key=keystile.signing_key, now=keystile.clock(), ttl_seconds=ttl)
     return Token(access_token=token, expires_in=ttl)
 
 

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keystile.audit import service as audit
 from keystile.users.models import User
-from keystile.users.passwords import hash_password, verify_password
+from keystile.users.passwords import Passwords
 
 
 class EmailTakenError(Exception):
@@ -28,6 +28,7 @@ async def create_user(
     *,
     email: str,
     password: str,
+    passwords: Passwords,
     is_admin: bool = False,
     now: datetime,
     ip: str | None = None,
@@ -35,7 +36,7 @@ async def create_user(
     """Insert the user and its `user.registered` event, flushed; the caller commits. Raises EmailTakenError."""
     user = User(
         email=normalize_email(email),
-        password_hash=await hash_password(password),
+        password_hash=await passwords.hash(password),
         is_admin=is_admin,
         created_at=now,
     )
@@ -50,11 +51,13 @@ async def create_user(
     return user
 
 
-async def authenticate(session: AsyncSession, *, email: str, password: str) -> tuple[User | None, bool]:
+async def authenticate(
+    session: AsyncSession, *, email: str, password: str, passwords: Passwords
+) -> tuple[User | None, bool]:
     """Return (the account named by `email` or None, whether the password is right).
 
     An unknown email still costs one Argon2 check, so response time does not reveal which emails exist.
     """
     user = await get_by_email(session, email)
-    ok = await verify_password(password, user.password_hash if user else None)
+    ok = await passwords.verify(password, user.password_hash if user else None)
     return user, ok

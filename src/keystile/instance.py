@@ -1,0 +1,168 @@
+"""`Keystile`: one running keystile instance and everything it owns, with one lifecycle.
+
+Built from settings, an instance owns:
+- the clock, the JWT signing key and the key pepper (both from SECRET_KEY), and the password hasher;
+- the database engine and its session factory;
+- the rate limiter (in process, or Redis) behind its failure guard;
+- the key cache, the quota ledger (leased balances), the usage recorder (buffered counts) and the metrics;
+- the invalidator, which tells other instances through Redis that a key changed, and listens for their changes;
+- the `Verifier` built from those, and a `KeyManager` per session for every change to a key.
+
+`async with Keystile(settings) as keystile:` starts what runs in the background (the periodic usage flush, the
+invalidation listener) and on the way out stops it and hands everything back: buffered usage written, unspent quota
+leases returned to the database, Redis connections closed, the engine disposed. The FastAPI lifespan
+(`keystile.lifespan`) and every CLI command take this one path. An app holds its instance in `app.state.keystile`,
+where the dependencies in `keystile.fastapi` find it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any
+
+from fastapi import FastAPI, Request
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keystile.clock import Clock, system_clock
+from keystile.db import create_engine, create_session_factory
+from keystile.keys.cache import KeyCache
+from keystile.keys.format import derive_pepper, key_hashers
+from keystile.keys.invalidation import Invalidator
+from keystile.keys.quota import QuotaLedger
+from keystile.keys.service import KeyManager
+from keystile.keys.verification import KeyLoader, Verifier
+from keystile.metrics import Metrics
+from keystile.net import parse_networks
+from keystile.ratelimit.base import RateLimiter
+from keystile.ratelimit.guard import LimiterGuard
+from keystile.ratelimit.memory import MemoryRateLimiter
+from keystile.ratelimit.redis import RedisRateLimiter
+from keystile.settings import Settings
+from keystile.usage.recorder import UsageRecorder
+from keystile.users.passwords import Passwords
+
+USAGE_FLUSH_SECONDS = 5.0
+
+
+class Keystile:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        clock: Clock = system_clock,
+        passwords: Passwords | None = None,
+        usage_flush_seconds: float = USAGE_FLUSH_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`clock` tells the time of day (expiry, windows, audit); `monotonic` measures intervals (cache TTL, retries
+        of a failed rate-limit backend, re-reading an exhausted quota). Tests pass fakes for both, instead of sleeping.
+        """
+        self.settings = settings if settings is not None else Settings()
+        self.clock = clock
+        self.passwords = passwords if passwords is not None else Passwords()
+        self.signing_key = self.settings.resolved_secret_key()
+        self.pepper = derive_pepper(self.signing_key)
+        self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
+        self.engine = create_engine(self.settings.database_url)
+        self.session_factory = create_session_factory(self.engine)
+        self.metrics = Metrics()
+        limiter: RateLimiter = (
+            RedisRateLimiter.from_url(self.settings.redis_url) if self.settings.redis_url else MemoryRateLimiter()
+        )
+        self.limits = LimiterGuard(
+            limiter, failure_mode=self.settings.rate_limit_failure, metrics=self.metrics, monotonic=monotonic
+        )
+        self.usage = UsageRecorder(self.session_factory)
+        self.quotas = QuotaLedger(self.session_factory, monotonic=monotonic)
+        self.key_cache = KeyCache(monotonic=monotonic)
+        self.invalidator = Invalidator(self._forget_key, self.key_cache.clear, self.settings.redis_url)
+        self.verifier = Verifier(
+            prefix=self.settings.key_prefix,
+            hashers=key_hashers(self.pepper),
+            cache=self.key_cache,
+            load=KeyLoader(self.session_factory),
+            limits=self.limits,
+            default_rate_limit=self.settings.default_rate_limit,
+            quotas=self.quotas,
+            usage=self.usage,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        self._usage_flush_seconds = usage_flush_seconds
+        self._background: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        return f"Keystile(database={self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def key_manager(self, session: AsyncSession) -> KeyManager:
+        """Reads and changes of keys in `session`; every change commits and then reaches every instance."""
+        return KeyManager(
+            session,
+            prefix=self.settings.key_prefix,
+            pepper=self.pepper,
+            clock=self.clock,
+            quotas=self.quotas,
+            usage=self.usage,
+            invalidator=self.invalidator,
+        )
+
+    def _forget_key(self, key_id: str, api_key_id: int) -> None:
+        self.key_cache.invalidate(key_id)
+        self.quotas.forget(api_key_id)
+
+    async def unavailable(self) -> list[str]:
+        """What does not answer right now: "database", "redis" (for readiness)."""
+        down = []
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception:
+            down.append("database")
+        if self.settings.redis_url and not await self.limits.ping():
+            down.append("redis")
+        return down
+
+    async def __aenter__(self) -> Keystile:
+        self._background = [
+            asyncio.create_task(self.usage.run_periodically(self._usage_flush_seconds)),
+            asyncio.create_task(self.invalidator.listen()),
+        ]
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
+        try:
+            await self.usage.flush()
+            await self.quotas.release_all()
+        finally:
+            await self.invalidator.close()
+            await self.limits.close()
+            await self.engine.dispose()
+
+    def install(self, app: FastAPI) -> None:
+        """Make this instance the one that `app`'s keystile dependencies use."""
+        app.state.keystile = self
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        """`FastAPI(lifespan=keystile.lifespan)`: installs this instance on the app and runs it while the app runs."""
+        self.install(app)
+        async with self:
+            yield {}
+
+
+def keystile_of(request: Request) -> Keystile:
+    keystile = getattr(request.app.state, "keystile", None)
+    if not isinstance(keystile, Keystile):
+        raise RuntimeError("keystile is not installed on this app: use Keystile(...).lifespan or .install(app)")
+    return keystile
