@@ -38,6 +38,7 @@ KEYSTILE = Path(sys.executable).with_name("keystile")
 BENCH_DIR = Path(__file__).resolve().parent
 REDIS_URL = os.environ.get("KEYSTILE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 TARGETS = {"in-process": 0.85, "redis": 0.70}
+VERIFY_TARGETS = {"in-process": 0.60, "redis": 0.50}
 CONNECTIONS = 16
 PASSWORD = "bench-password-123"
 
@@ -86,7 +87,8 @@ class Server:
                 self.process.wait()
 
 
-def issue_key(url: str) -> str:
+def issue_keys(url: str) -> tuple[str, str]:
+    """A key to present, and a caller key holding `keys:verify` for the verify route (both never rate limited)."""
     with httpx.Client(base_url=url, timeout=10) as http:
         http.post("/auth/register", json={"email": "bench@example.com", "password": PASSWORD}).raise_for_status()
         token = http.post("/auth/token", data={"username": "bench@example.com", "password": PASSWORD})
@@ -101,7 +103,21 @@ def issue_key(url: str) -> str:
         check = http.get("/data/export", headers={"X-API-Key": key})
         if check.status_code != 200 or "RateLimit" not in check.headers:
             raise SystemExit(f"setup error: /data/export answered {check.status_code} {check.headers}")
-        return key
+        caller = http.post(
+            "/keys/",
+            json={
+                "name": "gateway",
+                "scopes": ["keys:verify"],
+                "rate_limit": {"limit": 1_000_000_000, "window_seconds": 60},
+            },
+            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+        )
+        caller.raise_for_status()
+        verifier = str(caller.json()["key"])
+        answer = http.post("/v1/keys/verify", json={"key": key}, headers={"X-API-Key": verifier})
+        if answer.status_code != 200 or answer.json()["code"] != "VALID":
+            raise SystemExit(f"setup error: verify answered {answer.status_code} {answer.text}")
+        return key, verifier
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -112,11 +128,21 @@ def _millis(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def wrk(url: str, seconds: int, headers: dict[str, str] | None = None) -> dict[str, float]:
+def wrk(url: str, seconds: int, headers: dict[str, str] | None = None, body: str | None = None) -> dict[str, float]:
+    """One wrk run: GET, or POST of the JSON `body` (wrk takes a request body only from a Lua script)."""
     command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
     for name, value in (headers or {}).items():
         command += ["-H", f"{name}: {value}"]
-    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        if body is not None:
+            script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n')
+            script.write('wrk.headers["Content-Type"] = "application/json"\n')
+    if body is not None:
+        command += ["-s", script.name]
+    try:
+        output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(script.name)
     if "Non-2xx" in output:
         raise SystemExit(f"wrk saw non-2xx answers from {url}:\n{output}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
@@ -127,6 +153,7 @@ def wrk(url: str, seconds: int, headers: dict[str, str] | None = None) -> dict[s
 
 UNAUTHENTICATED = "GET /healthz (no auth)"
 AUTHENTICATED = "GET /data/export (API key)"
+VERIFY = "POST /v1/keys/verify (caller + target key)"
 
 
 def run_mode(mode: str, env: dict[str, str], seconds: int, rounds: int) -> dict[str, Any]:
@@ -134,20 +161,21 @@ def run_mode(mode: str, env: dict[str, str], seconds: int, rounds: int) -> dict[
         env = env | {"KEYSTILE_DATABASE_URL": f"sqlite+aiosqlite:///{directory}/keystile.db"}
         server = Server(env, Path(directory) / "server.log")
         try:
-            key = issue_key(server.url)
-            routes = {
-                UNAUTHENTICATED: (f"{server.url}/healthz", None),
-                AUTHENTICATED: (f"{server.url}/data/export", {"X-API-Key": key}),
-                "reference: no-op dependency": (f"{server.url}/bench/dependency", None),
+            key, verifier = issue_keys(server.url)
+            routes: dict[str, tuple[str, dict[str, str] | None, str | None]] = {
+                UNAUTHENTICATED: (f"{server.url}/healthz", None, None),
+                AUTHENTICATED: (f"{server.url}/data/export", {"X-API-Key": key}, None),
+                VERIFY: (f"{server.url}/v1/keys/verify", {"X-API-Key": verifier}, json.dumps({"key": key})),
+                "reference: no-op dependency": (f"{server.url}/bench/dependency", None, None),
             }
             if mode == "redis":
-                routes["reference: no-op dependency + Redis PING"] = (f"{server.url}/bench/redis", None)
-            for url, headers in routes.values():
-                wrk(url, 2, headers)  # warm up: caches, connection pools, branch predictors
+                routes["reference: no-op dependency + Redis PING"] = (f"{server.url}/bench/redis", None, None)
+            for url, headers, body in routes.values():
+                wrk(url, 2, headers, body)  # warm up: caches, connection pools, branch predictors
             samples: dict[str, list[dict[str, float]]] = {name: [] for name in routes}
             for _ in range(rounds):
-                for name, (url, headers) in routes.items():
-                    samples[name].append(wrk(url, seconds, headers))
+                for name, (url, headers, body) in routes.items():
+                    samples[name].append(wrk(url, seconds, headers, body))
         finally:
             server.stop()
     result: dict[str, dict[str, Any]] = {
@@ -160,7 +188,16 @@ def run_mode(mode: str, env: dict[str, str], seconds: int, rounds: int) -> dict[
         ratios = (run["rps"] / base["rps"] for run, base in zip(runs, samples[UNAUTHENTICATED], strict=True))
         result[name]["ratio"] = round(statistics.median(ratios), 3)
     ratio = result[AUTHENTICATED]["ratio"]
-    return {"routes": result, "ratio": ratio, "min_ratio": TARGETS[mode], "pass": ratio >= TARGETS[mode]}
+    verify_ratio = result[VERIFY]["ratio"]
+    return {
+        "routes": result,
+        "ratio": ratio,
+        "min_ratio": TARGETS[mode],
+        "pass": ratio >= TARGETS[mode],
+        "verify_ratio": verify_ratio,
+        "verify_min_ratio": VERIFY_TARGETS[mode],
+        "verify_pass": verify_ratio >= VERIFY_TARGETS[mode],
+    }
 
 
 def redis_available() -> bool:
@@ -200,6 +237,9 @@ def main() -> None:
         verdict = "PASS" if outcome["pass"] else "FAIL"
         target = f"(target >= {outcome['min_ratio']:.0%}) {verdict}"
         print(f"{mode:<11} authenticated / unauthenticated = {outcome['ratio']:.1%} {target}")
+        verdict = "PASS" if outcome["verify_pass"] else "FAIL"
+        target = f"(target >= {outcome['verify_min_ratio']:.0%}) {verdict}"
+        print(f"{mode:<11} verify / unauthenticated = {outcome['verify_ratio']:.1%} {target}")
     print(json.dumps({"bench": "http", "machine": info, "connections": CONNECTIONS, "modes": modes}))
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from keystile import __version__, migrations
 from keystile.keys.format import (
     CHECKSUM_LENGTH,
     checksum,
@@ -23,8 +24,9 @@ from keystile.keys.format import (
     hash_key,
     secret_scanner_regex,
 )
+from tests.conftest import TEST_SECRET_KEY
 from tests.helpers import PASSWORD, wrong_checksum
-from tests.process import KEYSTILE
+from tests.process import KEYSTILE, KeystileServer, free_port
 
 KEY_PATTERN = re.compile(secret_scanner_regex())
 
@@ -294,3 +296,149 @@ def test_keys_verify_of_a_key_with_a_quota_spends_exactly_one_unit(alice: Cli) -
     assert result.stdout.strip() == "VALID"
     # The verification leases a block of the quota; the command returns what it did not spend when it stops.
     assert alice.key_row(raw)["quota_remaining"] == 999
+
+
+def test_version_prints_the_version_and_exits_0(tmp_path: Path) -> None:
+    assert Cli(tmp_path).ok("--version").strip() == f"keystile {__version__}"
+
+
+# Problems the user can fix: told in a line or two (what is wrong, what to do), exit 1, no traceback.
+
+CONNECTION_PASSWORD = "hunter2"
+
+
+def assert_told_briefly(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert 1 <= len(result.stderr.strip().splitlines()) <= 3, result.stderr
+    for expected in words:
+        assert expected in result.stderr
+
+
+def unreachable_redis_url() -> str:
+    return f"redis://:{CONNECTION_PASSWORD}@127.0.0.1:{free_port()}/0"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["keys", "create", "--email", "alice@example.com", "--name", "x"], id="keys-create"),
+        pytest.param(["keys", "list"], id="keys-list"),
+        pytest.param(["keys", "verify", generate_key("ks").raw], id="keys-verify"),
+        pytest.param(["keys", "revoke", "1"], id="keys-revoke"),
+        pytest.param(["users", "create", "--email", "alice@example.com"], id="users-create"),
+    ],
+)
+def test_a_command_in_a_fresh_directory_says_to_run_migrate_and_creates_no_file(
+    tmp_path: Path, args: list[str]
+) -> None:
+    cli = Cli(tmp_path)
+    result = cli.run(*args)
+    assert_told_briefly(result, f"no keystile database at {cli.database}", "run `keystile migrate`")
+    assert list(tmp_path.iterdir()) == []  # neither an empty keystile.db nor keystile.secret
+
+
+def test_a_command_on_an_empty_database_file_says_to_run_migrate_and_works_once_it_has(tmp_path: Path) -> None:
+    cli = Cli(tmp_path)
+    cli.database.touch()
+    assert_told_briefly(cli.run("keys", "list"), "has no keystile schema", "run `keystile migrate`")
+    cli.ok("migrate")
+    assert cli.ok("keys", "list") == ""
+
+
+def test_a_command_on_an_older_schema_says_to_run_migrate_and_works_once_it_has(tmp_path: Path) -> None:
+    cli = Cli(tmp_path)
+    migrations.upgrade(f"sqlite+aiosqlite:///{cli.database}", "0001")
+    assert_told_briefly(cli.run("keys", "list"), "has an older keystile schema", "run `keystile migrate`")
+    cli.ok("migrate")
+    assert cli.ok("keys", "list") == ""
+
+
+@pytest.mark.parametrize("args", [["keys", "list"], ["migrate"]], ids=["keys-list", "migrate"])
+def test_a_schema_from_a_newer_keystile_is_refused_and_left_as_it_is(cli: Cli, args: list[str]) -> None:
+    with closing(sqlite3.connect(cli.database)) as connection, connection:
+        connection.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    assert_told_briefly(cli.run(*args), "migrated by a newer keystile")
+    assert [tuple(row) for row in cli.rows("SELECT version_num FROM alembic_version")] == [("9999_from_the_future",)]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(["migrate"], id="migrate"),
+        pytest.param(["serve", "--port", str(free_port())], id="serve"),
+        pytest.param(["keys", "list"], id="keys-list"),
+        pytest.param(["users", "create", "--email", "alice@example.com"], id="users-create"),
+    ],
+)
+def test_an_unreachable_postgresql_is_told_with_host_and_port_but_never_the_password(
+    tmp_path: Path, args: list[str]
+) -> None:
+    port = free_port()  # nothing listens there
+    url = f"postgresql+asyncpg://postgres:{CONNECTION_PASSWORD}@127.0.0.1:{port}/keystile"
+    env = {"KEYSTILE_DATABASE_URL": url, "KEYSTILE_SECRET_KEY": TEST_SECRET_KEY}
+    result = Cli(tmp_path).run(*args, env=env)
+    assert_told_briefly(result, f"cannot connect to the database at postgresql+asyncpg://postgres:***@127.0.0.1:{port}")
+    assert "KEYSTILE_DATABASE_URL" in result.stderr
+    assert CONNECTION_PASSWORD not in result.stdout + result.stderr
+
+
+def test_with_log_level_debug_the_message_comes_with_its_traceback(tmp_path: Path) -> None:
+    url = f"postgresql+asyncpg://postgres:{CONNECTION_PASSWORD}@127.0.0.1:{free_port()}/keystile"
+    env = {"KEYSTILE_DATABASE_URL": url, "KEYSTILE_SECRET_KEY": TEST_SECRET_KEY, "KEYSTILE_LOG_LEVEL": "debug"}
+    result = Cli(tmp_path).run("migrate", env=env)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert "ConnectionRefusedError" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("check that the database server is running")
+    assert CONNECTION_PASSWORD not in result.stderr
+
+
+def test_migrate_into_a_directory_that_does_not_exist_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    cli = Cli(tmp_path)
+    result = cli.run("migrate", env={"KEYSTILE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/missing/keystile.db"})
+    assert_told_briefly(result, "cannot connect to the database", "the file's directory must exist")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keys_revoke_with_redis_unreachable_revokes_and_warns_that_other_instances_follow_within_the_cache_ttl(
+    alice: Cli,
+) -> None:
+    raw = alice.create_key()
+    result = alice.run("keys", "revoke", "1", env={"KEYSTILE_REDIS_URL": unreachable_redis_url()})
+    assert (result.returncode, result.stdout.strip()) == (0, "revoked key 1")
+    assert result.stderr.startswith("warning: could not broadcast a key change")
+    assert "cache TTL" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert CONNECTION_PASSWORD not in result.stderr
+    assert alice.key_row(raw)["is_active"] == 0
+
+
+def test_keys_verify_with_redis_unreachable_fails_open_with_a_warning(alice: Cli) -> None:
+    raw = alice.create_key("alice@example.com", "--rate-limit", "10/60")
+    result = alice.run("keys", "verify", raw, env={"KEYSTILE_REDIS_URL": unreachable_redis_url()})
+    assert (result.returncode, result.stdout.strip()) == (0, "VALID")
+    assert "rate limiter backend unreachable, failing open" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_keys_verify_with_redis_unreachable_and_failure_mode_closed_decides_nothing_and_exits_1(alice: Cli) -> None:
+    raw = alice.create_key("alice@example.com", "--rate-limit", "10/60")
+    env = {"KEYSTILE_REDIS_URL": unreachable_redis_url(), "KEYSTILE_RATE_LIMIT_FAILURE": "closed"}
+    result = alice.run("keys", "verify", raw, env=env)
+    assert_told_briefly(result, "KEYSTILE_RATE_LIMIT_FAILURE=closed", "KEYSTILE_REDIS_URL")
+    assert result.stdout == ""
+    assert CONNECTION_PASSWORD not in result.stderr
+    assert alice.key_row(raw)["use_count"] == 0
+
+
+@pytest.mark.process
+def test_serve_with_redis_unreachable_warns_once_and_serves(cli: Cli) -> None:
+    env = {"KEYSTILE_DATABASE_URL": cli.env["KEYSTILE_DATABASE_URL"], "KEYSTILE_REDIS_URL": unreachable_redis_url()}
+    with KeystileServer(env, cwd=cli.cwd) as server:
+        assert server.is_healthy()
+    assert "warning: Redis does not answer" in server.log
+    assert "KEYSTILE_REDIS_URL" in server.log
+    assert "Traceback" not in server.log
+    assert CONNECTION_PASSWORD not in server.log

@@ -1,4 +1,4 @@
-"""keystile.limits: a request body over 64 KiB is answered 413, declared or streamed, before anything reads it all."""
+"""keystile.limits: oversized bodies (413) and header blocks (431), repeated credentials (400), nosniff."""
 
 from __future__ import annotations
 
@@ -6,11 +6,20 @@ import json
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 from fastapi import FastAPI, Request
 from starlette.types import Message, Receive, Scope, Send
 
-from keystile.limits import MAX_BODY_BYTES, BodySizeLimit
-from tests.helpers import PASSWORD, KeystileClient, database_snapshot, user_headers, users_in_db
+from keystile.limits import MAX_BODY_BYTES, RequestLimits
+from tests.helpers import (
+    EXPORT,
+    PASSWORD,
+    KeystileClient,
+    create_key,
+    database_snapshot,
+    user_headers,
+    users_in_db,
+)
 
 TOO_LARGE = {"detail": "Request body too large (limit 64 KiB)"}
 
@@ -36,13 +45,13 @@ class EchoApp:
             self.read.append(len(body))
             return {"received": len(body)}
 
-        self.asgi = BodySizeLimit(app)
+        self.asgi = RequestLimits(app)
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.asgi), base_url="http://testserver")
 
 
-async def call(app: BodySizeLimit, scope: Scope, body: bytes = b"") -> list[Message]:
+async def call(app: RequestLimits, scope: Scope, body: bytes = b"") -> list[Message]:
     """Run `app` once on `scope` with `body` as a single request message; every message it sent."""
     sent: list[Message] = []
 
@@ -107,7 +116,7 @@ async def test_a_streamed_oversize_body_is_413_even_when_the_app_lets_the_error_
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"read it all"})
 
-    transport = httpx.ASGITransport(app=BodySizeLimit(raw_app))
+    transport = httpx.ASGITransport(app=RequestLimits(raw_app))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         small = await client.post("/", content=chunks(2))
         large = await client.post("/", content=chunks(65))
@@ -123,7 +132,7 @@ async def test_a_content_length_that_is_not_a_number_is_413() -> None:
     async def inner(scope: Scope, receive: Receive, send: Send) -> None:
         reached.append(scope)
 
-    sent = await call(BodySizeLimit(inner), http_scope([(b"content-length", b"12x")]), b"x" * 12)
+    sent = await call(RequestLimits(inner), http_scope([(b"content-length", b"12x")]), b"x" * 12)
 
     assert reached == []
     assert sent[0]["status"] == 413
@@ -136,7 +145,7 @@ async def test_a_smaller_configured_limit_applies() -> None:
     async def inner(scope: Scope, receive: Receive, send: Send) -> None:
         reached.append(scope)
 
-    guard = BodySizeLimit(inner, max_bytes=10)
+    guard = RequestLimits(inner, max_bytes=10)
     at_limit = await call(guard, http_scope([(b"content-length", b"10")]), b"x" * 10)
     over = await call(guard, http_scope([(b"content-length", b"11")]), b"x" * 11)
 
@@ -152,7 +161,7 @@ async def test_non_http_scopes_pass_through_untouched() -> None:
         reached.append(scope)
 
     scope: Scope = {"type": "lifespan"}
-    sent = await call(BodySizeLimit(inner, max_bytes=0), scope)
+    sent = await call(RequestLimits(inner, max_bytes=0), scope)
 
     assert reached == [scope]
     assert sent == []
@@ -187,3 +196,60 @@ async def test_body_over_64_kib_is_413_and_issues_no_key(client: KeystileClient)
     assert response.status_code == 413
     assert response.json() == TOO_LARGE
     assert await database_snapshot(client) == before
+
+
+# Header limits and nosniff, over the whole service
+
+
+async def test_a_header_block_over_16_kib_is_431_and_the_service_goes_on(client: KeystileClient) -> None:
+    response = await client.get("/healthz", headers={"X-Padding": "a" * (16 * 1024)})
+
+    assert response.status_code == 431
+    assert response.json() == {"detail": "Request header fields too large (limit 16 KiB and 100 fields)"}
+    assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_more_than_100_header_fields_is_431(client: KeystileClient) -> None:
+    headers = [(f"x-field-{index}", "v") for index in range(101)]
+
+    response = await client.get("/healthz", headers=headers)
+
+    assert response.status_code == 431
+
+
+async def test_a_request_just_within_the_header_limits_is_served(client: KeystileClient) -> None:
+    # httpx adds host, accept, accept-encoding, connection and user-agent: 95 of our own make 100 fields.
+    headers = [(f"x-field-{index}", "v") for index in range(95)]
+
+    response = await client.get("/healthz", headers=headers)
+
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("name", ["X-API-Key", "Authorization"])
+async def test_a_repeated_credential_header_is_400_and_reaches_no_route(client: KeystileClient, name: str) -> None:
+    headers = await user_headers(client)
+    created = await create_key(client, headers)
+    before = await database_snapshot(client)
+
+    response = await client.get(EXPORT, headers=[(name, created["key"]), (name, created["key"])])
+
+    assert response.status_code == 400
+    assert response.json() == {"detail": f"Repeated {name} header"}
+    assert await database_snapshot(client) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        pytest.param("GET", "/healthz", id="ok"),
+        pytest.param("GET", "/users/me", id="401"),
+        pytest.param("GET", "/no-such-page", id="404"),
+        pytest.param("POST", "/auth/register", id="422"),
+        pytest.param("GET", "/openapi.json", id="openapi"),
+    ],
+)
+async def test_every_response_carries_nosniff(client: KeystileClient, method: str, path: str) -> None:
+    response = await client.request(method, path)
+
+    assert response.headers["X-Content-Type-Options"] == "nosniff"

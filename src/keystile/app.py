@@ -11,16 +11,18 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from starlette.types import Lifespan
 
-from keystile import __version__, data, ops
+from keystile import __version__, data, forward_auth, ops
 from keystile.audit import router as audit_router
+from keystile.docs import install_docs
 from keystile.errors import install_error_handlers
 from keystile.fastapi import limiter_unavailable
 from keystile.instance import Keystile
 from keystile.keys import admin_router, verify_router
 from keystile.keys import router as keys_router
-from keystile.limits import BodySizeLimit
+from keystile.limits import RequestLimits
 from keystile.logs import install_redaction
 from keystile.ratelimit.guard import LimiterClosedError
+from keystile.request_id import RequestContext
 from keystile.settings import Settings
 from keystile.users import router as users_router
 
@@ -35,20 +37,33 @@ def create_app(settings: Settings | None = None, **options: Any) -> FastAPI:
     (`clock`, `monotonic`, `passwords`, `usage_flush_seconds`; see `keystile.instance`)."""
     install_redaction()
     keystile = Keystile(settings, **options)
-    app = FastAPI(title="keystile", version=__version__, description=DESCRIPTION, lifespan=keystile.lifespan)
+    docs = keystile.settings.docs_enabled
+    app = FastAPI(
+        title="keystile",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=keystile.lifespan,
+        docs_url=None,  # served by keystile.docs, with local assets
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     keystile.install(app)
+    if docs:
+        install_docs(app)
     routers = (
         users_router.router,
         keys_router.router,
         verify_router.router,
         admin_router.router,
+        forward_auth.router,
         data.router,
         audit_router.router,
         ops.router,
     )
     for router in routers:
         app.include_router(router)
-    app.add_middleware(BodySizeLimit)
+    app.add_middleware(RequestLimits)
+    app.add_middleware(RequestContext)  # outermost: refused requests get a request id and an access line too
     app.add_exception_handler(LimiterClosedError, _limiter_closed)
     install_error_handlers(app)
     return app

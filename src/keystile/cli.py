@@ -1,20 +1,37 @@
-"""The `keystile` command line (README, "Command line"). Commands read the same KEYSTILE_* settings as the server."""
+"""The `keystile` command line (README, "Command line"). Commands read the same KEYSTILE_* settings as the server.
+
+A problem the user can fix (the database or Redis does not answer, the schema is missing or out of date) is told in a
+line or two, what is wrong and what to do, with exit status 1; settings that do not validate exit 2. The traceback
+is added only with KEYSTILE_LOG_LEVEL=debug. Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+import traceback
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
 
+import redis.asyncio as redis
 import typer
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
+from redis.exceptions import RedisError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from keystile import migrations
+from keystile import __version__, migrations
+from keystile.db import create_engine
 from keystile.instance import Keystile
 from keystile.keys.schemas import KeyCreate
 from keystile.keys.service import KeyNotFoundError
+from keystile.logs import uvicorn_log_config
+from keystile.migrations import SchemaState
+from keystile.ratelimit.guard import LimiterClosedError
 from keystile.ratelimit.policy import RateLimitPolicy
 from keystile.settings import Settings
 from keystile.users import service as users_service
@@ -28,31 +45,227 @@ app.add_typer(keys_app, name="keys")
 
 T = TypeVar("T")
 
+RUN_MIGRATE = "run `keystile migrate`"
+REDIS_ADVICE = "check that Redis is running and that KEYSTILE_REDIS_URL points at it"
+
+
+class CommandFailure(Exception):
+    """A problem the user can fix: what is wrong, and what to do about it."""
+
+    def __init__(self, problem: str, advice: str) -> None:
+        super().__init__(f"{problem}\n{advice}")
+
+
+def _print_version(requested: bool) -> None:
+    if requested:
+        typer.echo(f"keystile {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """keystile: self-hosted API keys."""
+
 
 def _settings() -> Settings:
     try:
-        return Settings()
-    except ValueError as error:
+        settings = Settings()
+        if not settings.is_embedded:
+            settings.resolved_secret_key()  # touches no file here: only checks that KEYSTILE_SECRET_KEY is set
+    except (ValueError, RuntimeError) as error:
         typer.echo(f"invalid settings: {error}", err=True)
         raise typer.Exit(2) from None
+    return settings
 
 
-def _run(work: Callable[[Keystile, AsyncSession], Awaitable[T]]) -> T:
+@contextlib.contextmanager
+def _failures_explained(settings: Settings) -> Iterator[None]:
+    """The one place where known operational failures become their short message and exit status 1.
+
+    - the database does not answer (refused, unknown host, no such database or role, SQLite directory missing):
+      found when connecting, before any work, and told with the URL (never its password) and what to check;
+    - no schema, or an older one: "run `keystile migrate`". Commands other than `migrate` and `serve` never migrate:
+      run from the wrong directory, or against the wrong KEYSTILE_DATABASE_URL, they must not create a database, and
+      upgrading a shared database stays a deliberate step. A missing SQLite file is reported, never created;
+    - a schema from a newer keystile: refused, `migrate` included;
+    - the database failing mid-command (SQLite "database is locked", a dropped connection);
+    - Redis down while KEYSTILE_RATE_LIMIT_FAILURE=closed (`keys verify`). Elsewhere an unreachable Redis is a warning:
+      a revoke is committed, and other instances drop the key within the cache TTL even without the broadcast.
+    """
+    try:
+        yield
+    except CommandFailure as failure:
+        _fail(failure, str(failure), settings)
+    except (OperationalError, InterfaceError) as error:
+        problem = f"the database at {_shown(make_url(settings.database_url))} failed: {_reason(error)}"
+        _fail(
+            error, f"{problem}\ntry again; if it keeps failing, check the database and KEYSTILE_DATABASE_URL", settings
+        )
+    except LimiterClosedError as error:
+        problem = "cannot verify without the rate limiter: Redis does not answer and KEYSTILE_RATE_LIMIT_FAILURE=closed"
+        _fail(error, f"{problem}\n{REDIS_ADVICE}", settings)
+
+
+def _fail(error: BaseException, message: str, settings: Settings) -> NoReturn:
+    if settings.log_level == "debug":
+        traceback.print_exception(error)
+    typer.echo(message, err=True)
+    raise typer.Exit(1) from None
+
+
+def _shown(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def _reason(error: BaseException) -> str:
+    """The driver's own words, first line only: SQLAlchemy's text adds the statement and its parameters (user data)."""
+    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
+def _database_advice(url: URL) -> str:
+    if url.get_backend_name() == "sqlite":
+        return "check KEYSTILE_DATABASE_URL: the file's directory must exist and be writable"
+    return "check that the database server is running and KEYSTILE_DATABASE_URL (host, port, database, user)"
+
+
+def _sqlite_file(database_url: str) -> Path | None:
+    """The file a SQLite URL names; None for other databases and in-memory or URI-style SQLite."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or url.database.startswith("file:"):
+        return None
+    return Path(url.database)
+
+
+def _refuse_missing_sqlite_file(settings: Settings) -> None:
+    # Connecting would create an empty file, which every later command would then take for a broken database.
+    path = _sqlite_file(settings.database_url)
+    if path is not None and not path.exists():
+        advice = f"{RUN_MIGRATE} to create it, or set KEYSTILE_DATABASE_URL to the database you mean"
+        raise CommandFailure(f"there is no keystile database at {path.resolve()}", advice)
+
+
+async def _connect(engine: AsyncEngine) -> AsyncConnection:
+    """A connection, or the CommandFailure that says why the database does not answer."""
+    try:
+        return await engine.connect()
+    except (OSError, DBAPIError) as error:
+        problem = f"cannot connect to the database at {_shown(engine.url)}: {_reason(error)}"
+        raise CommandFailure(problem, _database_advice(engine.url)) from error
+
+
+async def _schema_state(engine: AsyncEngine) -> SchemaState:
+    connection = await _connect(engine)
+    try:
+        return await connection.run_sync(migrations.schema_state)
+    finally:
+        await connection.close()
+
+
+def _newer_schema(engine: AsyncEngine) -> CommandFailure:
+    return CommandFailure(
+        f"the database at {_shown(engine.url)} was migrated by a newer keystile than this one ({__version__})",
+        "use that keystile, or a newer one, with this database",
+    )
+
+
+async def _require_current_schema(engine: AsyncEngine) -> None:
+    state = await _schema_state(engine)
+    database = _shown(engine.url)
+    if state is SchemaState.MISSING:
+        raise CommandFailure(f"the database at {database} has no keystile schema", f"{RUN_MIGRATE} to create it")
+    if state is SchemaState.BEHIND:
+        raise CommandFailure(f"the database at {database} has an older keystile schema", f"{RUN_MIGRATE} first")
+    if state is SchemaState.UNKNOWN:
+        raise _newer_schema(engine)
+
+
+async def _check_before_migrating(database_url: str) -> None:
+    """The database answers, and its schema is not from a newer keystile (which this one cannot migrate)."""
+    engine = create_engine(database_url)
+    try:
+        if await _schema_state(engine) is SchemaState.UNKNOWN:
+            raise _newer_schema(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _redis_problem(redis_url: str) -> str | None:
+    """Why Redis does not answer a PING now (redis-py's words: host and port, never the password), or None."""
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as error:
+        return str(error) or type(error).__name__
+    finally:
+        await client.aclose()
+    return None
+
+
+class _OneLineFormatter(logging.Formatter):
+    """`warning: <message>` on one line; the traceback too only at KEYSTILE_LOG_LEVEL=debug."""
+
+    def __init__(self, *, with_traceback: bool) -> None:
+        super().__init__()
+        self.with_traceback = with_traceback
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{record.levelname.lower()}: {record.getMessage()}"
+        if self.with_traceback and record.exc_info:
+            return f"{line}\n{self.formatException(record.exc_info)}"
+        return line
+
+
+def _log_to_stderr(settings: Settings) -> None:
+    """keystile's own warnings (a broadcast that failed, a limiter failing open) as one line each on stderr."""
+    debug = settings.log_level == "debug"
+    logger = logging.getLogger("keystile")
+    for handler in [h for h in logger.handlers if isinstance(h.formatter, _OneLineFormatter)]:
+        logger.removeHandler(handler)  # run twice in one process (tests): one line per record, not two
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLineFormatter(with_traceback=debug))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def _run(settings: Settings, work: Callable[[Keystile, AsyncSession], Awaitable[T]]) -> T:
     """Run `work` with a session inside a started instance, which is stopped as the server stops it: usage written,
-    quota leases returned, connections closed."""
+    quota leases returned, connections closed. The database must exist with the current schema (see
+    `_failures_explained` for what is said when it does not)."""
 
     async def run() -> T:
-        async with Keystile(_settings()) as keystile, keystile.session_factory() as session:
-            return await work(keystile, session)
+        async with Keystile(settings) as keystile:
+            await _require_current_schema(keystile.engine)
+            async with keystile.session_factory() as session:
+                return await work(keystile, session)
 
-    return asyncio.run(run())
+    _log_to_stderr(settings)
+    with _failures_explained(settings):
+        _refuse_missing_sqlite_file(settings)  # before Keystile(...), which would create keystile.secret here
+        return asyncio.run(run())
 
 
 @app.command()
 def migrate() -> None:
     """Create the database schema or bring it up to date."""
-    migrations.upgrade(_settings().database_url)
+    settings = _settings()
+    with _failures_explained(settings):
+        asyncio.run(_check_before_migrating(settings.database_url))
+        migrations.upgrade(settings.database_url)
     typer.echo("database is up to date")
+
+
+@app.command()
+def doctor() -> None:
+    """Check the settings, database, Redis, secret and file permissions; say what to fix (exit 1 if anything must)."""
+    from keystile import doctor as checks  # here, not at the top: keystile.doctor reuses this module's helpers
+
+    raise typer.Exit(checks.run())
 
 
 # How `serve` runs uvicorn (bench/bench_http.py serves its app the same way).
@@ -61,6 +274,7 @@ SERVE_OPTIONS: dict[str, Any] = {
     "proxy_headers": False,  # X-Forwarded-For is believed only from KEYSTILE_TRUSTED_PROXIES, by keystile itself
     "server_header": False,
     "timeout_graceful_shutdown": 10,
+    "access_log": False,  # keystile.access writes the line instead (duration, request id, api_key_id)
 }
 
 
@@ -81,9 +295,34 @@ def serve(
             err=True,
         )
     settings.resolved_secret_key()  # create the embedded secret once, before workers race for it
-    migrations.upgrade(settings.database_url)
+    with _failures_explained(settings):
+        asyncio.run(_check_before_migrating(settings.database_url))
+        migrations.upgrade(settings.database_url)
+    if settings.redis_url:
+        _warn_if_redis_is_down(settings.redis_url, settings.rate_limit_failure)
     app_factory = "keystile.app:create_served_app"
-    uvicorn.run(app_factory, host=host, port=port, workers=workers, log_level=settings.log_level, **SERVE_OPTIONS)
+    uvicorn.run(
+        app_factory,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level,
+        log_config=uvicorn_log_config(settings.log_level, settings.log_format),
+        **SERVE_OPTIONS,
+    )
+
+
+def _warn_if_redis_is_down(redis_url: str, failure_mode: str) -> None:
+    """A warning, not a refusal: the server rides out a Redis outage (and Redis may simply start after it), so it
+    serves, with the consequences said once at start-up."""
+    problem = asyncio.run(_redis_problem(redis_url))
+    if problem is not None:
+        typer.echo(
+            f"warning: Redis does not answer: {problem}\nserving anyway: rate limits fail {failure_mode}"
+            " (KEYSTILE_RATE_LIMIT_FAILURE) and other instances see key changes only within the cache TTL;"
+            f" {REDIS_ADVICE}",
+            err=True,
+        )
 
 
 @users_app.command("create")
@@ -92,6 +331,9 @@ def users_create(
     admin: Annotated[bool, typer.Option("--admin", help="Make the user an administrator.")] = False,
 ) -> None:
     """Create a user; the password comes from KEYSTILE_PASSWORD or a prompt."""
+    settings = _settings()
+    with _failures_explained(settings):
+        _refuse_missing_sqlite_file(settings)  # before the prompt: nobody types a password twice for nothing
     password = os.environ.get("KEYSTILE_PASSWORD") or typer.prompt(
         "Password", hide_input=True, confirmation_prompt=True
     )
@@ -115,7 +357,7 @@ def users_create(
         return user.id
 
     try:
-        user_id = _run(work)
+        user_id = _run(settings, work)
     except users_service.EmailTakenError:
         typer.echo(f"a user with email {email} already exists", err=True)
         raise typer.Exit(1) from None
@@ -149,7 +391,7 @@ def keys_create(
         issued = await keystile.key_manager(session).create(owner_id=owner.id, spec=spec)
         return issued.raw
 
-    raw = _run(work)
+    raw = _run(_settings(), work)
     if raw is None:
         typer.echo(f"no user with email {email}", err=True)
         raise typer.Exit(1)
@@ -173,7 +415,7 @@ def keys_list(email: Annotated[str | None, typer.Option(help="Only this user's k
             for row in rows
         ]
 
-    lines = _run(work)
+    lines = _run(_settings(), work)
     if lines is None:
         typer.echo(f"no user with email {email}", err=True)
         raise typer.Exit(1)
@@ -194,7 +436,7 @@ def keys_revoke(key_pk: Annotated[int, typer.Argument(metavar="ID", help="The ke
         await keys.revoke(row, actor_id=row.user_id, ip=None)
         return True
 
-    if not _run(work):
+    if not _run(_settings(), work):
         typer.echo(f"no key with id {key_pk}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked key {key_pk}")
@@ -207,6 +449,6 @@ def keys_verify(key: Annotated[str, typer.Argument(metavar="KEY", help="The raw 
     async def work(keystile: Keystile, _session: AsyncSession) -> str:
         return (await keystile.verifier.verify(key)).outcome.value
 
-    outcome = _run(work)
+    outcome = _run(_settings(), work)
     typer.echo(outcome)
     raise typer.Exit(0 if outcome == "VALID" else 1)

@@ -7,17 +7,11 @@ from typing import Any
 from fastapi import APIRouter
 
 from keystile.fastapi import APIKeyAuth
+from keystile.responses import API_KEY_ANSWERS
 
 router = APIRouter(prefix="/data", tags=["data"])
 
 
-@router.get(
-    "/export",
-    summary="Export data (API key, no scope required)",
-    responses={
-        401: {"description": "Missing or invalid API key"},
-        403: {"description": "Address not allowed"},
-    },
-)
+@router.get("/export", summary="Export data (API key, no scope required)", responses=API_KEY_ANSWERS)
 async def export_data(key: APIKeyAuth) -> dict[str, Any]:
     return {"owner": key.user_id, "data": []}

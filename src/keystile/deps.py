@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Query, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keystile.db import MAX_ID
 from keystile.fastapi import client_ip
 from keystile.instance import Keystile, keystile_of
 from keystile.keys.service import KeyManager
@@ -16,9 +17,16 @@ from keystile.net import IPAddress
 from keystile.users.models import User
 from keystile.users.tokens import user_id_from_token
 
-_bearer = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+bearer_token = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+"""The bearer token of a request, or None (also the OpenAPI scheme `OAuth2PasswordBearer`)."""
 
-KeystileDep = Annotated[Keystile, Depends(keystile_of)]
+
+async def _keystile(request: Request) -> Keystile:
+    # async, though it awaits nothing: FastAPI runs a plain `def` dependency in a worker thread, on every request.
+    return keystile_of(request)
+
+
+KeystileDep = Annotated[Keystile, Depends(_keystile)]
 ClientIP = Annotated[IPAddress | None, Depends(client_ip)]
 
 
@@ -30,18 +38,15 @@ async def _session(keystile: KeystileDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 
 
-def _key_manager(keystile: KeystileDep, session: SessionDep) -> KeyManager:
+async def _key_manager(keystile: KeystileDep, session: SessionDep) -> KeyManager:
     return keystile.key_manager(session)
 
 
 KeysDep = Annotated[KeyManager, Depends(_key_manager)]
 
-# Integer ids are 32-bit in PostgreSQL: a larger one would fail in the driver (a 500) instead of being "not found".
-MAX_ID = 2**31 - 1
 Limit = Annotated[int, Query(ge=1, le=100, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=2**31, description="rows to skip")]
 KeyPk = Annotated[int, Path(ge=1, le=MAX_ID, description="The key's integer id")]
-KEY_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such key, or not yours"}}
 
 
 def _not_authenticated() -> HTTPException:
@@ -52,16 +57,20 @@ def _not_authenticated() -> HTTPException:
     )
 
 
-async def _optional_user(
-    keystile: KeystileDep, session: SessionDep, token: Annotated[str | None, Depends(_bearer)]
-) -> User | None:
-    if not token:
-        return None
+BearerToken = Annotated[str | None, Depends(bearer_token)]
+
+
+async def user_from_token(keystile: Keystile, session: AsyncSession, token: str) -> User:
+    """The user a bearer token names, else 401."""
     user_id = user_id_from_token(token, signing_key=keystile.signing_key, now=keystile.clock())
     user = await session.get(User, user_id) if user_id is not None else None
     if user is None:
         raise _not_authenticated()
     return user
+
+
+async def _optional_user(keystile: KeystileDep, session: SessionDep, token: BearerToken) -> User | None:
+    return await user_from_token(keystile, session, token) if token else None
 
 
 async def _current_user(user: Annotated[User | None, Depends(_optional_user)]) -> User:
@@ -76,7 +85,6 @@ async def _admin_user(user: Annotated[User, Depends(_current_user)]) -> User:
     return user
 
 
-OptionalUser = Annotated[User | None, Depends(_optional_user)]
 CurrentUser = Annotated[User, Depends(_current_user)]
 AdminUser = Annotated[User, Depends(_admin_user)]
 

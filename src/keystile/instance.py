@@ -2,7 +2,7 @@
 
 Built from settings, an instance owns:
 - the clock, the JWT signing key and the key pepper (both from SECRET_KEY), and the password hasher;
-- the database engine and its session factory;
+- the database engine, its session factory, and its incidents (an outage logged once, see `keystile.db`);
 - the rate limiter (in process, or Redis) behind its failure guard;
 - the key cache, the quota ledger (leased balances), the usage recorder (buffered counts) and the metrics;
 - the invalidator, which tells other instances through Redis that a key changed, and listens for their changes;
@@ -29,7 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keystile.clock import Clock, system_clock
-from keystile.db import create_engine, create_session_factory
+from keystile.db import DatabaseIncidents, create_engine, create_session_factory
 from keystile.keys.cache import KeyCache
 from keystile.keys.format import derive_pepper, key_hashers
 from keystile.keys.invalidation import Invalidator
@@ -59,8 +59,9 @@ class Keystile:
         usage_flush_seconds: float = USAGE_FLUSH_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`clock` tells the time of day (expiry, windows, audit); `monotonic` measures intervals (cache TTL, retries
-        of a failed rate-limit backend, re-reading an exhausted quota). Tests pass fakes for both, instead of sleeping.
+        """`clock` tells the time of day (expiry, windows, audit); `monotonic` measures intervals (cache TTL and
+        stale-if-error, retries of a failed rate-limit backend, re-reading an exhausted quota). Tests pass fakes for
+        both, instead of sleeping.
         """
         self.settings = settings if settings is not None else Settings()
         self.clock = clock
@@ -70,6 +71,7 @@ class Keystile:
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
         self.engine = create_engine(self.settings.database_url)
         self.session_factory = create_session_factory(self.engine)
+        self.database_incidents = DatabaseIncidents(self.engine, monotonic=monotonic)
         self.metrics = Metrics()
         limiter: RateLimiter = (
             RedisRateLimiter.from_url(self.settings.redis_url) if self.settings.redis_url else MemoryRateLimiter()
@@ -77,15 +79,15 @@ class Keystile:
         self.limits = LimiterGuard(
             limiter, failure_mode=self.settings.rate_limit_failure, metrics=self.metrics, monotonic=monotonic
         )
-        self.usage = UsageRecorder(self.session_factory)
+        self.usage = UsageRecorder(self.session_factory, incidents=self.database_incidents)
         self.quotas = QuotaLedger(self.session_factory, monotonic=monotonic)
-        self.key_cache = KeyCache(monotonic=monotonic)
+        self.key_cache = KeyCache(stale_if_error_seconds=self.settings.stale_if_error_seconds, monotonic=monotonic)
         self.invalidator = Invalidator(self._forget_key, self.key_cache.clear, self.settings.redis_url)
         self.verifier = Verifier(
             prefix=self.settings.key_prefix,
             hashers=key_hashers(self.pepper),
             cache=self.key_cache,
-            load=KeyLoader(self.session_factory),
+            load=KeyLoader(self.session_factory, self.database_incidents),
             limits=self.limits,
             default_rate_limit=self.settings.default_rate_limit,
             quotas=self.quotas,
@@ -93,6 +95,10 @@ class Keystile:
             metrics=self.metrics,
             clock=self.clock,
         )
+        if self.settings.otel_enabled:
+            from keystile.tracing import traced  # imports OpenTelemetry only when enabled
+
+            self.verifier = traced(self.verifier)
         self._usage_flush_seconds = usage_flush_seconds
         self._background: list[asyncio.Task[None]] = []
 
@@ -121,7 +127,8 @@ class Keystile:
         try:
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
-        except Exception:
+        except Exception as error:
+            self.database_incidents.report(error)
             down.append("database")
         if self.settings.redis_url and not await self.limits.ping():
             down.append("redis")

@@ -10,8 +10,29 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def parse_network(text: str) -> IPNetwork:
+    """An address or CIDR block as a network; IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`) becomes the IPv4 network it
+    means, since client addresses are compared as IPv4 too. Zone ids (`fe80::1%eth0`) are refused: they name an
+    interface of one host, not an address a client can come from. Raises ValueError."""
+    if "%" in text:
+        raise ValueError(f"zone ids are not allowed: {text[:64]!r}")
+    network = ipaddress.ip_network(text.strip(), strict=False)
+    mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+    if mapped is not None and network.prefixlen >= 96:
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
 def parse_networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+    return tuple(parse_network(cidr) for cidr in cidrs)
+
+
+def parse_ip(text: str) -> IPAddress:
+    """A client address given as text (the verify API's `ip`), IPv4-mapped IPv6 as IPv4; zone ids refused."""
+    address = parse_address(text) if "%" not in text else None
+    if address is None:
+        raise ValueError("not an IP address")
+    return address
 
 
 @lru_cache(maxsize=4096)

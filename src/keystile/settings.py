@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     jwt_ttl_seconds: int = Field(default=900, ge=30, le=86_400 * 30)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # text: uvicorn-style lines; json: one object per line (time, level, logger, message, request_id, ...).
+    log_format: Literal["text", "json"] = "text"
+    # One OpenTelemetry span per verification (needs the `otel` extra and a configured tracer provider).
+    otel_enabled: bool = False
+    # Serve /docs and /openapi.json (their assets come from keystile itself, never a CDN).
+    docs_enabled: bool = True
+    # While the database is unreachable, cached keys keep verifying for at most this long past their refresh time.
+    stale_if_error_seconds: int = Field(default=300, ge=0, le=86_400)
 
     # Not in the public contract, but tunable: brute-force limits on /auth/token (README, "Rate limits").
     login_max_failures_per_email: int = Field(default=10, ge=1)

@@ -5,12 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from keystile.keys.models import ApiKey
 from tests.conftest import MakeClient
-from tests.helpers import INVALID_KEY, KeystileClient, create_key, database_snapshot, user_headers
+from tests.helpers import (
+    INVALID_KEY,
+    KeystileClient,
+    admin_headers,
+    create_key,
+    database_snapshot,
+    user_headers,
+    verify,
+)
 
 KEY_REQUIRED = {"detail": "API key required (header X-API-Key)"}
+
+
+def nested(depth: int, container: type = dict) -> Any:
+    """A JSON value `depth` levels deep: `nested(1)` is `{}`, `nested(2)` is `{"a": {}}`."""
+    value: Any = container()
+    for _ in range(depth - 1):
+        value = {"a": value} if container is dict else [value]
+    return value
 
 
 def assert_validation_error_without_input(body: dict[str, Any]) -> None:
@@ -22,6 +39,63 @@ def assert_validation_error_without_input(body: dict[str, Any]) -> None:
 
 
 # POST /keys/ with a bad body
+
+
+async def test_a_stored_key_with_metadata_too_deep_to_serve_does_not_break_any_read(client: KeystileClient) -> None:
+    headers = await user_headers(client)
+    admin = await admin_headers(client)
+    broken = await create_key(client, headers, name="written-before-the-limit")
+    await create_key(client, headers, name="healthy", metadata={"team": "a"})
+    async with client.keystile.session_factory() as session:  # as a row stored before the depth limit existed
+        await session.execute(update(ApiKey).where(ApiKey.id == broken["id"]).values(key_metadata=nested(300)))
+        await session.commit()
+    client.keystile.key_cache.clear()
+
+    listing = await client.get("/keys/", headers=headers)
+    single = await client.get(f"/keys/{broken['id']}", headers=headers)
+    everyone = await client.get("/admin/keys", headers=admin)
+    verified = await verify(client, admin, broken["key"])
+    revoked = await client.post(f"/keys/{broken['id']}/revoke", headers=headers)
+
+    assert [response.status_code for response in (listing, single, everyone, revoked)] == [200, 200, 200, 200]
+    assert {key["name"]: key["metadata"] for key in listing.json()} == {
+        "written-before-the-limit": {},
+        "healthy": {"team": "a"},
+    }
+    assert single.json()["metadata"] == {}
+    assert (verified["code"], verified["metadata"]) == ("VALID", {})
+    assert revoked.json()["is_active"] is False
+
+
+async def test_nan_or_infinity_in_metadata_is_422_and_issues_no_key(client: KeystileClient) -> None:
+    headers = await user_headers(client)
+    before = await database_snapshot(client)
+
+    for number in (b"NaN", b"Infinity", b"-Infinity"):
+        body = b'{"name": "ci", "metadata": {"ratio": ' + number + b"}}"
+        response = await client.post("/keys/", content=body, headers=headers | {"Content-Type": "application/json"})
+        assert response.status_code == 422, response.text
+
+    assert await database_snapshot(client) == before
+
+
+async def test_an_expiry_given_in_milliseconds_is_422_on_create_and_on_patch(client: KeystileClient) -> None:
+    headers = await user_headers(client)
+    created = await create_key(client, headers)
+    milliseconds = 99_999_999_999_999  # read as seconds: the year 5138
+
+    on_create = await client.post("/keys/", json={"name": "ms", "expires_at": milliseconds}, headers=headers)
+    on_patch = await client.patch(f"/keys/{created['id']}", json={"expires_at": milliseconds}, headers=headers)
+
+    assert on_create.status_code == 422
+    assert on_patch.status_code == 422
+    assert (await client.get(f"/keys/{created['id']}", headers=headers)).json()["expires_at"] is None
+
+
+async def test_repeated_scopes_are_stored_once_in_their_order(client: KeystileClient) -> None:
+    created = await create_key(client, await user_headers(client), scopes=["b", "a", "b", "a", "c"])
+
+    assert created["scopes"] == ["b", "a", "c"]
 
 
 @pytest.mark.parametrize(
@@ -97,6 +171,12 @@ async def test_json_body_that_is_not_utf8_is_a_4xx_and_issues_no_key(client: Key
         pytest.param({"name": "ci", "metadata": ["a"]}, "metadata", id="metadata-not-an-object"),
         pytest.param({"name": "ci", "metadata": {"blob": "x" * 5000}}, "metadata", id="metadata-over-4kib"),
         pytest.param({"name": "ci", "metadata": {"a": "\x00"}}, "metadata", id="metadata-with-nul"),
+        pytest.param({"name": "ci", "metadata": nested(33)}, "metadata", id="metadata-33-deep"),
+        pytest.param({"name": "   "}, "name", id="blank-name"),
+        pytest.param({"name": "invoice\u202egpj.exe"}, "name", id="name-with-a-bidi-override"),
+        pytest.param({"name": "ci", "expires_at": "9999-01-01T00:00:00Z"}, "expires_at", id="expiry-past-10-years"),
+        pytest.param({"name": "ci", "metadata": nested(256)}, "metadata", id="metadata-256-deep"),
+        pytest.param({"name": "ci", "metadata": {"a": nested(32, container=list)}}, "metadata", id="lists-33-deep"),
     ],
 )
 async def test_wrong_or_missing_fields_are_422_and_issue_no_key(
@@ -112,6 +192,23 @@ async def test_wrong_or_missing_fields_are_422_and_issue_no_key(
     if field is not None:
         assert any(field in error["loc"] for error in response.json()["detail"]), response.text
     assert await database_snapshot(client) == before
+
+
+async def test_metadata_32_deep_is_stored_and_every_read_of_the_key_serves_it(client: KeystileClient) -> None:
+    headers = await user_headers(client)
+    admin = await admin_headers(client)
+    deepest_allowed = nested(32)
+
+    created = await create_key(client, headers, metadata=deepest_allowed)
+    reads = [
+        await client.get("/keys/", headers=headers),
+        await client.get(f"/keys/{created['id']}", headers=headers),
+        await client.get("/admin/keys", headers=admin),
+    ]
+
+    assert all(response.status_code == 200 for response in reads), [r.text for r in reads]
+    assert reads[1].json()["metadata"] == deepest_allowed
+    assert (await verify(client, admin, created["key"]))["metadata"] == deepest_allowed
 
 
 @pytest.mark.parametrize(
@@ -194,8 +291,8 @@ def assert_invalid_key_response(response: Any) -> None:
 @pytest.mark.parametrize(
     "make_header",
     [
-        pytest.param(lambda key: ("A" * 1024 * 1024).encode(), id="one-megabyte"),
-        pytest.param(lambda key: (key + "A" * (1024 * 1024)).encode(), id="valid-key-padded-to-a-megabyte"),
+        pytest.param(lambda key: ("A" * 15_000).encode(), id="fifteen-thousand-characters"),
+        pytest.param(lambda key: (key + "A" * 15_000).encode(), id="valid-key-padded-to-15000-characters"),
         pytest.param(lambda key: key[:513].ljust(513, "A").encode(), id="513-characters"),
         pytest.param(lambda key: (key + "é").encode(), id="trailing-accent-utf8"),
         pytest.param(lambda key: (key[:-1] + "é").encode(), id="accent-replacing-last-char-utf8"),
@@ -220,6 +317,28 @@ async def test_bad_api_key_header_is_401_and_changes_nothing(client: KeystileCli
     response = await client.get("/data/export", headers={"X-API-Key": make_header(created["key"])})
 
     assert_invalid_key_response(response)
+    assert await database_snapshot(client) == before
+    works = await client.get("/data/export", headers={"X-API-Key": created["key"]})
+    assert works.status_code == 200, "the real key must still work after the bad attempt"
+
+
+@pytest.mark.parametrize(
+    "make_header",
+    [
+        pytest.param(lambda key: "A" * 1024 * 1024, id="one-megabyte"),
+        pytest.param(lambda key: key + "A" * (1024 * 1024), id="valid-key-padded-to-a-megabyte"),
+    ],
+)
+async def test_a_key_header_over_the_header_limit_is_431_and_changes_nothing(
+    client: KeystileClient, make_header: Any
+) -> None:
+    headers = await user_headers(client)
+    created = await create_key(client, headers)
+    before = await database_snapshot(client)
+
+    response = await client.get("/data/export", headers={"X-API-Key": make_header(created["key"])})
+
+    assert response.status_code == 431
     assert await database_snapshot(client) == before
     works = await client.get("/data/export", headers={"X-API-Key": created["key"]})
     assert works.status_code == 200, "the real key must still work after the bad attempt"
@@ -341,3 +460,26 @@ async def test_empty_query_key_when_disabled_is_just_a_missing_key(client: Keyst
 
     assert response.status_code == 401
     assert response.json() == KEY_REQUIRED
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        pytest.param(b'{"name": "caf\xe9"}', "application/json", id="invalid-utf-8"),
+        pytest.param('{"name": "café"}'.encode("latin-1"), "application/json; charset=latin-1", id="latin-1-charset"),
+        pytest.param(b"[" * 5000 + b"]" * 5000, "application/json", id="json-nested-5000-deep"),
+        pytest.param(b'{"name": "ci", "quota": ' + b"1" * 4301 + b"}", "application/json", id="integer-of-4301-digits"),
+    ],
+)
+async def test_a_body_that_cannot_be_decoded_is_422_and_issues_no_key(
+    client: KeystileClient, content: bytes, content_type: str
+) -> None:
+    headers = await user_headers(client)
+    before = await database_snapshot(client)
+
+    response = await client.post("/keys/", content=content, headers=headers | {"Content-Type": content_type})
+
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert (error["type"], error["loc"]) == ("json_invalid", ["body"])
+    assert await database_snapshot(client) == before

@@ -6,8 +6,10 @@ import asyncio
 from types import MappingProxyType
 from typing import Any
 
+import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import exc as sa_exc
 
 from keystile.keys import format as key_format
 from keystile.keys.cache import KeyCache
@@ -33,6 +35,7 @@ def record_for(key_id: str, pk: int = 1) -> KeyRecord:
         hash_scheme=key_format.HASH_SCHEME,
         key_digest=bytes(32),
         user_id=1,
+        owner_is_admin=False,
         name="k",
         scopes=frozenset(),
         ip_networks=(),
@@ -188,6 +191,162 @@ async def test_a_failed_load_reaches_every_waiter_and_caches_nothing() -> None:
     assert all(isinstance(outcome, OSError) for outcome in outcomes)
     assert cache.get("a") is None
     assert not cache.is_known_unknown("a")
+
+
+# Unit: stale if error
+
+
+STALE_IF_ERROR = 300.0
+
+
+class DatabaseDown(OSError):
+    pass
+
+
+class FailingLoader:
+    """A loader whose database is down (or fails with `error`), counting how often it was asked."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error if error is not None else DatabaseDown("connection refused")
+        self.calls = 0
+
+    async def __call__(self, key_id: str) -> KeyRecord | None:
+        self.calls += 1
+        await asyncio.sleep(0)
+        raise self.error
+
+
+def stale_cache(monotonic: FakeMonotonic) -> KeyCache:
+    return KeyCache(ttl_seconds=TTL, stale_if_error_seconds=STALE_IF_ERROR, monotonic=monotonic)
+
+
+async def test_a_stale_entry_is_served_while_its_reload_fails_for_want_of_the_database() -> None:
+    monotonic = FakeMonotonic()
+    cache = stale_cache(monotonic)
+    record = record_for("a")
+    cache.put("a", record)
+    monotonic.now += TTL + 1
+    load = FailingLoader()
+
+    assert cache.get("a") is None  # stale: the hot path does not serve it
+    answers = await asyncio.gather(*(cache.get_or_load("a", load) for _ in range(5)))
+
+    assert answers == [record] * 5
+    assert load.calls == 1  # still single-flight: the waiters shared the one failed reload
+
+
+async def test_a_stale_entry_is_served_up_to_stale_if_error_seconds_past_its_refresh_time_and_not_after() -> None:
+    monotonic = FakeMonotonic()
+    cache = stale_cache(monotonic)
+    record = record_for("a")
+    cache.put("a", record)
+    load = FailingLoader()
+
+    monotonic.now += TTL + STALE_IF_ERROR - 0.001
+    assert await cache.get_or_load("a", load) is record
+    monotonic.now += 0.001
+    with pytest.raises(DatabaseDown):
+        await cache.get_or_load("a", load)
+
+    assert len(cache) == 0  # dropped: too old to serve even in an outage
+    assert load.calls == 2
+
+
+async def test_a_reload_that_succeeds_replaces_the_stale_entry_with_a_fresh_one() -> None:
+    monotonic = FakeMonotonic()
+    cache = stale_cache(monotonic)
+    cache.put("a", record_for("a", pk=1))
+    monotonic.now += TTL + 1
+    await cache.get_or_load("a", FailingLoader())  # served stale while the database was down
+    reloaded = GatedLoader(record_for("a", pk=2))
+    reloaded.gate.set()
+
+    assert await cache.get_or_load("a", reloaded) is reloaded.answer
+    assert cache.get("a") is reloaded.answer
+    monotonic.now += TTL - 0.001
+    assert cache.get("a") is reloaded.answer  # fresh for a whole TTL from the reload
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(ValueError("a bug"), id="bug"),
+        pytest.param(sa_exc.IntegrityError("INSERT", {}, Exception("duplicate key")), id="integrity"),
+        pytest.param(sa_exc.ProgrammingError("SELECT", {}, Exception("no such column")), id="programming"),
+        pytest.param(asyncpg.UniqueViolationError("duplicate key value"), id="driver-error-with-sqlstate"),
+    ],
+)
+async def test_an_error_that_is_not_about_the_database_being_unreachable_is_never_answered_stale(
+    error: Exception,
+) -> None:
+    monotonic = FakeMonotonic()
+    cache = stale_cache(monotonic)
+    cache.put("a", record_for("a"))
+    monotonic.now += TTL + 1
+
+    with pytest.raises(type(error)):
+        await cache.get_or_load("a", FailingLoader(error))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(ConnectionRefusedError(111, "Connect call failed"), id="connection-refused"),
+        pytest.param(TimeoutError(), id="timeout"),
+        pytest.param(sa_exc.OperationalError("SELECT", {}, Exception("unable to open database file")), id="sqlite"),
+        pytest.param(
+            sa_exc.DBAPIError("SELECT", {}, Exception("terminating connection"), connection_invalidated=True),
+            id="connection-cut-mid-query",
+        ),
+        pytest.param(asyncpg.CannotConnectNowError("the database system is starting up"), id="starting-up"),
+    ],
+)
+async def test_each_way_an_unreachable_database_fails_is_answered_stale(error: Exception) -> None:
+    monotonic = FakeMonotonic()
+    cache = stale_cache(monotonic)
+    record = record_for("a")
+    cache.put("a", record)
+    monotonic.now += TTL + 1
+
+    assert await cache.get_or_load("a", FailingLoader(error)) is record
+
+
+async def test_a_remembered_unknown_key_id_stays_unknown_while_the_database_is_down() -> None:
+    monotonic = FakeMonotonic()
+    cache = stale_cache(monotonic)
+    cache.put("u", None)
+    monotonic.now += TTL + 1
+
+    assert await cache.get_or_load("u", FailingLoader()) is None
+
+
+async def test_a_key_id_never_seen_gets_the_database_error() -> None:
+    cache = stale_cache(FakeMonotonic())
+
+    with pytest.raises(DatabaseDown):
+        await cache.get_or_load("never-seen", FailingLoader())
+
+
+async def test_an_invalidated_entry_is_not_served_stale() -> None:
+    monotonic = FakeMonotonic()
+    cache = stale_cache(monotonic)
+    cache.put("a", record_for("a"))
+    monotonic.now += TTL + 1
+
+    cache.invalidate("a")  # e.g. a revoke broadcast by an instance that still reaches the database
+
+    with pytest.raises(DatabaseDown):
+        await cache.get_or_load("a", FailingLoader())
+
+
+async def test_without_stale_if_error_a_failed_reload_of_an_expired_entry_propagates() -> None:
+    monotonic = FakeMonotonic()
+    cache = KeyCache(ttl_seconds=TTL, monotonic=monotonic)
+    cache.put("a", record_for("a"))
+    monotonic.now += TTL
+
+    with pytest.raises(DatabaseDown):
+        await cache.get_or_load("a", FailingLoader())
 
 
 # Through the app

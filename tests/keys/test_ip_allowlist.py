@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from keystile.audit.models import AuditEvent
 from tests.conftest import MakeClient
-from tests.helpers import KeystileClient, create_key, stored_key, user_headers
+from tests.helpers import KeystileClient, admin_headers, create_key, key_count, stored_key, user_headers, verify
 
 NOT_ALLOWED = {"detail": "API key not allowed from this address"}
 
@@ -210,3 +210,51 @@ async def test_ipv4_mapped_ipv6_peer_matches_an_ipv4_allowlist(client: KeystileC
     response = await export_from(client, "::ffff:10.1.2.3", created["key"])
 
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("entry", "peer"),
+    [
+        pytest.param("::ffff:127.0.0.1", "127.0.0.1", id="mapped-address-entry-admits-the-ipv4-peer"),
+        pytest.param("::ffff:10.0.0.0/104", "10.2.3.4", id="mapped-block-entry-admits-an-ipv4-peer-in-it"),
+        pytest.param("10.0.0.0/8", "::ffff:10.2.3.4", id="ipv4-block-admits-a-mapped-peer"),
+    ],
+)
+async def test_ipv4_mapped_entries_and_peers_are_compared_as_ipv4(
+    client: KeystileClient, entry: str, peer: str
+) -> None:
+    created = await create_key(client, await user_headers(client), ip_allowlist=[entry])
+
+    response = await export_from(client, peer, created["key"])
+
+    assert response.status_code == 200, response.text
+
+
+async def test_verify_ip_given_as_ipv4_mapped_ipv6_matches_an_ipv4_block(client: KeystileClient) -> None:
+    admin = await admin_headers(client)
+    created = await create_key(client, await user_headers(client), ip_allowlist=["10.0.0.0/8"])
+
+    body = await verify(client, admin, created["key"], ip="::ffff:10.2.3.4")
+
+    assert body["code"] == "VALID"
+
+
+@pytest.mark.parametrize("entry", ["fe80::1%eth0", "fe80::%1/64"])
+async def test_an_allowlist_entry_with_a_zone_id_is_422_and_nothing_is_stored(
+    client: KeystileClient, entry: str
+) -> None:
+    headers = await user_headers(client)
+
+    response = await client.post("/keys/", json={"name": "zoned", "ip_allowlist": [entry]}, headers=headers)
+
+    assert response.status_code == 422
+    assert await key_count(client) == 0
+
+
+async def test_repeated_allowlist_entries_are_stored_once(client: KeystileClient) -> None:
+    created = await create_key(
+        client, await user_headers(client), ip_allowlist=["10.0.0.1", "10.0.0.1/32", "::ffff:10.0.0.1", "10.0.0.2"]
+    )
+
+    assert created["ip_allowlist"] == ["10.0.0.1/32", "10.0.0.2/32"]
+    assert (await stored_key(client, created["id"])).ip_allowlist == ["10.0.0.1/32", "10.0.0.2/32"]

@@ -304,9 +304,24 @@ async def test_cost_counts_against_the_quota(client: KeystileClient) -> None:
     fourth = await verify(client, admin, created["key"], cost=1)
 
     assert (first["code"], first["quota_remaining"]) == ("VALID", 1)
-    assert (second["code"], second["quota_remaining"]) == ("QUOTA_EXCEEDED", 0)
+    assert (second["code"], second["quota_remaining"]) == ("QUOTA_EXCEEDED", 1)  # the real balance, unspent
     assert (third["code"], third["quota_remaining"]) == ("VALID", 0)
     assert (fourth["code"], fourth["quota_remaining"]) == ("QUOTA_EXCEEDED", 0)
+    await client.keystile.quotas.release_all()
+    assert (await stored_key(client, created["id"])).quota_remaining == 0
+
+
+async def test_a_cost_larger_than_the_balance_is_refused_and_reports_the_balance_untouched(
+    client: KeystileClient,
+) -> None:
+    admin = await admin_headers(client)
+    created = await create_key(client, await user_headers(client), quota=3)
+
+    refused = await verify(client, admin, created["key"], cost=5)
+    admitted = await verify(client, admin, created["key"], cost=3)
+
+    assert (refused["valid"], refused["code"], refused["quota_remaining"]) == (False, "QUOTA_EXCEEDED", 3)
+    assert (admitted["valid"], admitted["quota_remaining"]) == (True, 0)
     await client.keystile.quotas.release_all()
     assert (await stored_key(client, created["id"])).quota_remaining == 0
 
@@ -335,6 +350,48 @@ async def test_caller_key_with_keys_verify_scope_may_verify(client: KeystileClie
     body = await verify(client, {"X-API-Key": caller["key"]}, target["key"])
 
     assert (body["code"], body["api_key_id"], body["name"]) == ("VALID", target["id"], "target")
+
+
+async def test_a_verifier_key_answers_not_found_for_another_owners_key_and_spends_none_of_it(
+    client: KeystileClient,
+) -> None:
+    mallory = await user_headers(client, "mallory@example.com")
+    verifier = await create_key(client, mallory, name="gateway", scopes=["keys:verify"])
+    alice = await user_headers(client)
+    target = await create_key(client, alice, name="target", quota=5, rate_limit={"limit": 5, "window_seconds": 60})
+    unknown = key_format.generate_key("ks").raw
+
+    for_target = await verify(client, {"X-API-Key": verifier["key"]}, target["key"], cost=5)
+    for_unknown = await verify(client, {"X-API-Key": verifier["key"]}, unknown)
+
+    assert for_target == for_unknown  # indistinguishable from a key that does not exist
+    assert for_target["code"] == "NOT_FOUND"
+    assert for_target["api_key_id"] is None
+    admin = await admin_headers(client)
+    by_admin = await verify(client, admin, target["key"])
+    assert (by_admin["code"], by_admin["quota_remaining"], by_admin["ratelimit"]["remaining"]) == ("VALID", 4, 4)
+    await client.keystile.usage.flush()
+    assert (await stored_key(client, target["id"])).use_count == 1
+
+
+async def test_a_verifier_key_owned_by_an_admin_verifies_every_owners_keys(client: KeystileClient) -> None:
+    admin = await admin_headers(client)
+    verifier = await create_key(client, admin, name="gateway", scopes=["keys:verify"])
+    target = await create_key(client, await user_headers(client), name="target")
+
+    body = await verify(client, {"X-API-Key": verifier["key"]}, target["key"])
+
+    assert (body["code"], body["api_key_id"]) == ("VALID", target["id"])
+
+
+async def test_a_caller_with_a_user_jwt_and_a_verifier_key_is_judged_by_the_key(client: KeystileClient) -> None:
+    alice = await user_headers(client)
+    verifier = await create_key(client, alice, name="gateway", scopes=["keys:verify"])
+    target = await create_key(client, alice, name="target")
+
+    body = await verify(client, alice | {"X-API-Key": verifier["key"]}, target["key"])
+
+    assert (body["code"], body["api_key_id"]) == ("VALID", target["id"])
 
 
 @pytest.mark.parametrize(
@@ -389,6 +446,9 @@ async def test_verify_refuses_callers_that_are_neither_admin_nor_keys_verify(
         pytest.param({"ip": "not-an-ip"}, id="ip-not-an-ip"),
         pytest.param({"ip": "10.0.0.0/8"}, id="ip-is-a-cidr"),
         pytest.param({"ip": "999.1.1.1"}, id="ip-out-of-range"),
+        pytest.param({"ip": False}, id="ip-false"),
+        pytest.param({"ip": 167772161}, id="ip-an-integer"),
+        pytest.param({"ip": "fe80::1%eth0"}, id="ip-with-a-zone"),
         pytest.param({"unexpected": True}, id="unknown-field"),
         pytest.param({"scopes": "read"}, id="scopes-not-a-list"),
         pytest.param({"scopes": ["s" * 65]}, id="scope-too-long"),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -111,21 +114,27 @@ class DatabaseDown(OSError):
     pass
 
 
+@contextlib.contextmanager
+def refusing_writes(engine: AsyncEngine, error: Exception) -> Iterator[None]:
+    """Inside, every UPDATE fails with `error` before it reaches the database."""
+
+    def refuse_writes(*args: Any) -> None:
+        if args[2].lstrip().upper().startswith("UPDATE"):
+            raise error
+
+    event.listen(engine.sync_engine, "before_cursor_execute", refuse_writes)
+    try:
+        yield
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", refuse_writes)
+
+
 async def test_failed_flush_keeps_its_counts_for_the_next_flush(client: KeystileClient, clock: FakeClock) -> None:
     created = await create_key(client, await user_headers(client))
     await use(client, created["key"], times=4)
 
-    def refuse_writes(*args: Any) -> None:
-        if args[2].lstrip().upper().startswith("UPDATE"):
-            raise DatabaseDown("database went away")
-
-    sync_engine = client.keystile.engine.sync_engine
-    event.listen(sync_engine, "before_cursor_execute", refuse_writes)
-    try:
-        with pytest.raises(DatabaseDown):
-            await client.keystile.usage.flush()
-    finally:
-        event.remove(sync_engine, "before_cursor_execute", refuse_writes)
+    with refusing_writes(client.keystile.engine, DatabaseDown("database went away")), pytest.raises(DatabaseDown):
+        await client.keystile.usage.flush()
     assert await stored_usage(client.keystile.engine, created["id"]) == (0, None)
     await use(client, created["key"], times=2)  # uses between the failed and the good flush add up
 
@@ -133,6 +142,44 @@ async def test_failed_flush_keeps_its_counts_for_the_next_flush(client: Keystile
 
     assert await stored_usage(client.keystile.engine, created["id"]) == (6, clock.now)
     assert len(client.keystile.usage) == 0
+
+
+async def test_flushes_failing_for_want_of_the_database_log_one_error_per_outage_without_a_traceback(
+    client: KeystileClient, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    created = await create_key(client, await user_headers(client))
+    outages = 2
+    for _ in range(outages):
+        await use(client, created["key"], times=2)
+        with refusing_writes(client.keystile.engine, DatabaseDown("connection refused")):
+            for _ in range(3):  # the timer would retry every 5 s
+                with pytest.raises(DatabaseDown):
+                    await client.keystile.usage.flush()
+        assert await client.keystile.usage.flush() == 1  # the database is back: everything kept is written
+
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == outages
+    assert all(record.exc_info is None for record in errors)
+    assert all(record.getMessage().startswith("database unavailable") for record in errors)
+    assert await stored_usage(client.keystile.engine, created["id"]) == (2 * outages, clock.now)
+
+
+async def test_a_flush_failing_for_another_reason_is_logged_with_its_traceback_every_time(
+    client: KeystileClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    created = await create_key(client, await user_headers(client))
+    await use(client, created["key"])
+
+    with refusing_writes(client.keystile.engine, ValueError("a bug")):
+        for _ in range(2):
+            with pytest.raises(ValueError, match="a bug"):
+                await client.keystile.usage.flush()
+
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert [record.getMessage() for record in errors] == ["usage flush failed; 1 keys kept for the next flush"] * 2
+    assert all(record.exc_info is not None for record in errors)
+    assert await client.keystile.usage.flush() == 1
 
 
 async def test_app_shutdown_flushes_every_recorded_use(database_url: str, clock: FakeClock) -> None:

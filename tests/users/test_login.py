@@ -61,6 +61,16 @@ async def test_login_returns_a_bearer_token_with_its_lifetime(client: KeystileCl
     assert await login_failures(client) == []
 
 
+async def test_a_token_response_is_never_stored_by_a_cache(client: KeystileClient) -> None:
+    await register(client)
+
+    response = await post_login(client, "alice@example.com", PASSWORD)
+
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Pragma"] == "no-cache"
+
+
 async def test_login_accepts_the_email_in_another_case(client: KeystileClient) -> None:
     await register(client)
 
@@ -259,6 +269,11 @@ def _forged_tokens() -> list[Any]:
         pytest.param(signed(sub="not-a-number"), id="non-numeric-sub"),
         pytest.param(signed(sub="999999"), id="sub-of-no-user"),
         pytest.param(signed(sub="-1"), id="negative-sub"),
+        pytest.param(signed(sub="9223372036854775808"), id="sub-past-64-bits"),
+        pytest.param(signed(sub="1" + "0" * 30), id="sub-of-31-digits"),
+        pytest.param(signed(sub="2147483648"), id="sub-past-the-id-range"),
+        pytest.param(signed(sub="²"), id="superscript-digit-sub"),
+        pytest.param(signed(sub=" 1"), id="sub-with-a-space"),
         pytest.param(signed(exp="tomorrow"), id="exp-not-a-number"),
     ]
 
@@ -273,6 +288,32 @@ async def test_a_forged_or_incomplete_token_is_401(client: KeystileClient, clock
     assert response.status_code == 401
     assert response.json() == {"detail": "Not authenticated"}
     assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param(lambda user_id: "0" + str(user_id), id="leading-zero"),
+        pytest.param(
+            lambda user_id: str(user_id).translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")), id="arabic-indic"
+        ),
+        pytest.param(
+            lambda user_id: str(user_id).translate(str.maketrans("0123456789", "０１２３４５６７８９")), id="full-width"
+        ),
+    ],
+)
+async def test_a_signed_token_naming_a_real_user_in_a_non_canonical_spelling_is_401(
+    client: KeystileClient, clock: FakeClock, spelling: Any
+) -> None:
+    user = await register(client)
+    token = jwt.encode(
+        claims_for(user["id"], clock) | {"sub": spelling(user["id"])}, TEST_SECRET_KEY, algorithm="HS256"
+    )
+
+    response = await client.get("/users/me", headers=bearer(token))
+
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Not authenticated"}
 
 
 async def test_a_token_expired_by_its_exp_claim_is_401(client: KeystileClient, clock: FakeClock) -> None:

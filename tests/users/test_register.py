@@ -67,6 +67,8 @@ async def test_register_writes_a_user_registered_audit_event(client: KeystileCli
         pytest.param("alice@example.com", id="same-case"),
         pytest.param("ALICE@EXAMPLE.COM", id="upper-case"),
         pytest.param("Alice@example.com", id="mixed-case"),
+        pytest.param("ａｌｉｃｅ@example.com", id="full-width-look-alike"),
+        pytest.param("alice@ｅｘａｍｐｌｅ.com", id="full-width-domain"),
     ],
 )
 async def test_registering_a_taken_email_is_409_and_writes_nothing(client: KeystileClient, second_email: str) -> None:

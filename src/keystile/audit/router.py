@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from keystile.audit import service
 from keystile.deps import CurrentUser, SessionDep
+from keystile.responses import BEARER_ANSWERS
 
 router = APIRouter(tags=["audit"])
 
@@ -24,7 +25,9 @@ class AuditEventRead(BaseModel):
     detail: dict[str, Any]
 
 
-@router.get("/audit", response_model=list[AuditEventRead], summary="Audit events, newest first")
+@router.get(
+    "/audit", response_model=list[AuditEventRead], summary="Audit events, newest first", responses=BEARER_ANSWERS
+)
 async def list_audit_events(
     session: SessionDep,
     user: CurrentUser,

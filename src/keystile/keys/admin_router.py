@@ -6,10 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from keystile.deps import KEY_NOT_FOUND, MAX_ID, AdminUser, ClientIP, KeyPk, KeysDep, Limit, Offset, ip_text
+from keystile.db import MAX_ID
+from keystile.deps import AdminUser, ClientIP, KeyPk, KeysDep, Limit, Offset, ip_text
 from keystile.keys.schemas import KeyRead
+from keystile.responses import ADMIN_ANSWERS, KEY_NOT_FOUND
 
-router = APIRouter(prefix="/admin", tags=["admin"], responses={403: {"description": "Not an admin"}})
+router = APIRouter(prefix="/admin", tags=["admin"], responses=ADMIN_ANSWERS)
 
 
 @router.get("/keys", response_model=list[KeyRead], summary="All keys, newest first")

@@ -1,11 +1,16 @@
 """The in-process cache of verified key records, so a cache hit costs no I/O at all.
 
-Bounded (least recently used entries go first) and short-lived (entries expire after `ttl_seconds`, a backstop should
-an invalidation message ever be lost). Unknown key_ids are remembered in a separate, smaller table, so a flood of
-made-up keys can neither reach the database repeatedly nor evict the valid keys that real clients use.
+Bounded (least recently used entries go first) and short-lived (entries go stale after `ttl_seconds`, a backstop
+should an invalidation message ever be lost). Unknown key_ids are remembered in a separate, smaller table, so a flood
+of made-up keys can neither reach the database repeatedly nor evict the valid keys that real clients use.
 
-Loads are single-flight: however many requests miss on one key_id at once (a busy key whose entry just expired),
+Loads are single-flight: however many requests miss on one key_id at once (a busy key whose entry just went stale),
 one database query answers them all, and a change to the key while that query runs keeps its answer out of the cache.
+
+Stale if error: a stale entry is never served while the database answers, but when the reload fails because the
+database is unreachable (`keystile.db.is_database_unavailable`), it is served for up to `stale_if_error_seconds` past
+its refresh time, so keys that were just working survive a database restart or failover. Keys never seen still need
+the database; an invalidation (a change broadcast by another instance) still drops an entry at once.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from keystile.db import is_database_unavailable
 from keystile.keys.records import KeyRecord
 
 V = TypeVar("V")
@@ -24,24 +30,42 @@ V = TypeVar("V")
 DEFAULT_TTL_SECONDS = 10.0
 DEFAULT_MAX_KEYS = 100_000
 DEFAULT_MAX_UNKNOWN = 10_000
+DEFAULT_STALE_IF_ERROR_SECONDS = 0.0  # a bare cache serves nothing stale; Keystile passes the setting (300 s)
 
 
 class _TTLCache(Generic[V]):
-    def __init__(self, max_entries: int, ttl_seconds: float, monotonic: Callable[[], float]) -> None:
-        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
+    def __init__(
+        self, max_entries: int, ttl_seconds: float, stale_seconds: float, monotonic: Callable[[], float]
+    ) -> None:
+        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()  # key -> (refresh time, value)
         self._max_entries = max_entries
         self._ttl = ttl_seconds
+        self._stale_seconds = stale_seconds
         self._monotonic = monotonic
 
     def get(self, key: str) -> V | None:
+        """The value while fresh, else None. A stale entry is kept for `stale` while it may still be needed."""
         entry = self._entries.get(key)
         if entry is None:
             return None
         expires, value = entry
         if expires <= self._monotonic():
-            del self._entries[key]
+            # Stale: kept for `stale` (a database outage) until too old even for that. A fresh hit never gets here.
+            if expires + self._stale_seconds <= self._monotonic():
+                del self._entries[key]
             return None
         self._entries.move_to_end(key)
+        return value
+
+    def stale(self, key: str) -> V | None:
+        """The value, fresh or up to `stale_seconds` past its refresh time: what to serve while a reload fails."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires + self._stale_seconds <= self._monotonic():
+            del self._entries[key]
+            return None
         return value
 
     def put(self, key: str, value: V) -> None:
@@ -67,16 +91,21 @@ class KeyCache:
         max_keys: int = DEFAULT_MAX_KEYS,
         max_unknown: int = DEFAULT_MAX_UNKNOWN,
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
+        stale_if_error_seconds: float = DEFAULT_STALE_IF_ERROR_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._known: _TTLCache[KeyRecord] = _TTLCache(max_keys, ttl_seconds, monotonic)
-        self._unknown: _TTLCache[bool] = _TTLCache(max_unknown, ttl_seconds, monotonic)
+        self._known: _TTLCache[KeyRecord] = _TTLCache(max_keys, ttl_seconds, stale_if_error_seconds, monotonic)
+        self._unknown: _TTLCache[bool] = _TTLCache(max_unknown, ttl_seconds, stale_if_error_seconds, monotonic)
         # get(key_id) -> the cached record or None; bound once, it runs on every verification (bench_verify).
         self.get = self._known.get
         self._loading: dict[str, asyncio.Future[KeyRecord | None]] = {}
 
     async def get_or_load(self, key_id: str, load: Callable[[str], Awaitable[KeyRecord | None]]) -> KeyRecord | None:
-        """The cached record (None for a remembered unknown key_id), else what `load` finds, which is then cached."""
+        """The cached record (None for a remembered unknown key_id), else what `load` finds, which is then cached.
+
+        When `load` fails because the database is unavailable, the stale answer (record or unknown) is returned if it
+        is within `stale_if_error_seconds` of its refresh time; otherwise the error propagates.
+        """
         record = self.get(key_id)
         if record is not None or self.is_known_unknown(key_id):
             return record
@@ -85,8 +114,16 @@ class KeyCache:
             loading = asyncio.ensure_future(load(key_id))
             self._loading[key_id] = loading
             loading.add_done_callback(functools.partial(self._loaded, key_id))
-        # Shielded: a client that goes away must not cancel the query other requests are waiting for.
-        return await asyncio.shield(loading)
+        try:
+            # Shielded: a client that goes away must not cancel the query other requests are waiting for.
+            return await asyncio.shield(loading)
+        except Exception as error:
+            if is_database_unavailable(error):
+                if (stale := self._known.stale(key_id)) is not None:
+                    return stale
+                if self._unknown.stale(key_id) is not None:
+                    return None
+            raise
 
     def _loaded(self, key_id: str, loading: asyncio.Future[KeyRecord | None]) -> None:
         if self._loading.get(key_id) is not loading:
@@ -115,5 +152,5 @@ class KeyCache:
         self._loading.clear()
 
     def __len__(self) -> int:
-        """How many known keys are cached."""
+        """How many known keys are cached, stale ones kept for a database outage included."""
         return len(self._known)

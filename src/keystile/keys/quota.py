@@ -57,6 +57,10 @@ class QuotaLedger:
             self._leased[holder_id] = leased - cost
             return self._remaining_in_db[holder_id] + self._leased[holder_id]
 
+    def balance(self, holder_id: int) -> int:
+        """What remains as this process last saw it: the row's balance plus its own unspent lease."""
+        return self._remaining_in_db.get(holder_id, 0) + self._leased.get(holder_id, 0)
+
     def local_balance(self, holder_id: int) -> int:
         """Units this process has leased but not spent (counted as remaining when this process reports a key)."""
         return self._leased.get(holder_id, 0)

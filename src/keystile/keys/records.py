@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from keystile.keys.models import ApiKey
+from keystile.keys.schemas import readable_metadata
 from keystile.net import IPNetwork, parse_networks
 from keystile.ratelimit.base import Decision
 from keystile.ratelimit.policy import RateLimitPolicy
@@ -40,6 +41,7 @@ class KeyRecord:
     hash_scheme: str
     key_digest: bytes = field(repr=False)  # the stored HMAC, decoded once so each check compares raw bytes
     user_id: int
+    owner_is_admin: bool  # as of loading: a change of role reaches cached records within the cache TTL
     name: str
     scopes: frozenset[str]
     ip_networks: tuple[IPNetwork, ...]
@@ -50,17 +52,18 @@ class KeyRecord:
     quota_holder_id: int | None  # whose balance a use spends; None: no quota
 
     @classmethod
-    def from_row(cls, row: ApiKey) -> KeyRecord:
+    def from_row(cls, row: ApiKey, *, owner_is_admin: bool) -> KeyRecord:
         return cls(
             id=row.id,
             key_id=row.key_id,
             hash_scheme=row.hash_scheme,
             key_digest=bytes.fromhex(row.key_hash),
             user_id=row.user_id,
+            owner_is_admin=owner_is_admin,
             name=row.name,
             scopes=frozenset(row.scopes),
             ip_networks=parse_networks(row.ip_allowlist),
-            metadata=MappingProxyType(dict(row.key_metadata)),
+            metadata=MappingProxyType(dict(readable_metadata(row))),
             expires_at=row.expires_at,
             is_active=row.is_active,
             rate_limit=row.rate_limit,

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response, status
 
-from keystile.deps import KEY_NOT_FOUND, ClientIP, CurrentUser, KeyPk, KeysDep, Limit, Offset, ip_text
+from keystile.deps import ClientIP, CurrentUser, KeyPk, KeysDep, Limit, Offset, ip_text
 from keystile.errors import validation_error
 from keystile.keys.schemas import KeyCreate, KeyCreated, KeyRead, KeyUpdate, Name, RotateRequest
 from keystile.keys.service import IssuedKey
+from keystile.responses import BEARER_ANSWERS, KEY_NOT_FOUND
 
 # The service's errors become responses in keystile.errors: KeyNotFoundError 404, KeyStateConflictError 409,
-# InvalidKeySettingsError 422.
-router = APIRouter(prefix="/keys", tags=["keys"])
+# InvalidKeySettingsError 422. Every route reads the caller's account: 401 without a valid bearer token, 503 while the
+# database is unavailable.
+router = APIRouter(prefix="/keys", tags=["keys"], responses=BEARER_ANSWERS)
+
+# OpenAPI links: what a client (or a stateful fuzzer) can do next with the key a 201 describes.
+_KEY_LINKS = {
+    "GetKey": "#/paths/~1keys~1{key_pk}/get",
+    "UpdateKey": "#/paths/~1keys~1{key_pk}/patch",
+    "RevokeKey": "#/paths/~1keys~1{key_pk}~1revoke/post",
+    "RotateKey": "#/paths/~1keys~1{key_pk}~1rotate/post",
+}
+_ISSUED: dict[int | str, dict[str, Any]] = {
+    201: {
+        "links": {
+            name: {"operationRef": target, "parameters": {"key_pk": "$response.body#/id"}}
+            for name, target in _KEY_LINKS.items()
+        }
+    }
+}
 
 
 def _reveal(issued: IssuedKey, response: Response) -> KeyCreated:
@@ -28,6 +46,7 @@ def _reveal(issued: IssuedKey, response: Response) -> KeyCreated:
     response_model=KeyCreated,
     summary="Issue a key (the raw key is in this response only)",
     description="Give `?name=` (as in the lesson) or a JSON body, not both. Sent with `Cache-Control: no-store`.",
+    responses=_ISSUED,
 )
 @router.post("", include_in_schema=False, status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
 async def create_key(
@@ -70,7 +89,7 @@ async def update_key(key_pk: KeyPk, changes: KeyUpdate, keys: KeysDep, user: Cur
     "/{key_pk}/rotate",
     status_code=status.HTTP_201_CREATED,
     response_model=KeyCreated,
-    responses=KEY_NOT_FOUND | {409: {"description": "The key is revoked, expired or already rotated"}},
+    responses=KEY_NOT_FOUND | {409: {"description": "The key is revoked, expired or already rotated"}} | _ISSUED,
     summary="Replace a key with a new one; the old one works for grace_seconds more",
 )
 async def rotate_key(

@@ -1,38 +1,97 @@
 from __future__ import annotations
 
-import ipaddress
 import json
+import logging
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from keystile.keys.models import ApiKey
+from keystile.net import parse_network
 from keystile.ratelimit.policy import RateLimitPolicy
 
+logger = logging.getLogger(__name__)
+
 MAX_METADATA_BYTES = 4096
+MAX_METADATA_DEPTH = 32
 MAX_SCOPES = 50
 MAX_IP_ALLOWLIST = 100
 MAX_EXPIRES_IN_SECONDS = 10 * 365 * 86_400
 
+# Characters that reorder how text is displayed (Unicode bidi controls): a name holding them can show as another
+# name in a list ("Trojan Source", CVE-2021-42574).
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _readable_name(name: str) -> str:
+    if not name.strip():
+        raise ValueError("name must not be blank")
+    if not _BIDI_CONTROLS.isdisjoint(name):
+        raise ValueError("name must not contain bidirectional control characters")
+    return name
+
+
+def _unique(values: list[str]) -> list[str]:
+    """The values in their order, each once: a repeated scope grants nothing more."""
+    return list(dict.fromkeys(values))
+
+
 # Printable text without control characters: NUL in particular is rejected by PostgreSQL, so reject it first.
-Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Name = Annotated[
+    str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"), AfterValidator(_readable_name)
+]
 Scope = Annotated[str, Field(pattern=r"^[a-z][a-z0-9:._-]{0,63}$")]
-Scopes = Annotated[list[Scope], Field(max_length=MAX_SCOPES)]
+Scopes = Annotated[list[Scope], Field(max_length=MAX_SCOPES), AfterValidator(_unique)]
 
 
 def _valid_networks(entries: list[str]) -> list[str]:
     normalized = []
     for entry in entries:
         try:
-            normalized.append(str(ipaddress.ip_network(entry.strip(), strict=False)))
+            network = str(parse_network(entry))
         except ValueError:
-            raise ValueError(f"not an IP address or CIDR block: {entry[:64]!r}") from None
+            raise ValueError(f"not an IP address or CIDR block without a zone id: {entry[:64]!r}") from None
+        if network not in normalized:  # a repeated entry adds nothing
+            normalized.append(network)
     return normalized
 
 
+def _depth(value: Any) -> int:
+    """Levels of objects and arrays: `{}` is 1, `{"a": {}}` is 2. Iterative, so no depth can exhaust the stack."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        current, level = pending.pop()
+        children = current.values() if isinstance(current, dict) else current if isinstance(current, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_METADATA_DEPTH:
+            break
+        pending.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def readable_metadata(row: ApiKey) -> dict[str, Any]:
+    """The row's metadata, or `{}` when it nests deeper than any request may store (a row written before that limit,
+    or by hand): one unreadable value must not fail every list and answer that holds its key."""
+    if _depth(row.key_metadata) > MAX_METADATA_DEPTH:
+        logger.warning(
+            "key %d has metadata nested deeper than %d levels; it is shown as {}", row.id, MAX_METADATA_DEPTH
+        )
+        return {}
+    return row.key_metadata
+
+
 def _small_json_object(value: dict[str, Any]) -> dict[str, Any]:
-    encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # Depth first: a deeply nested value could not even be encoded to measure its size, and once stored it would
+    # fail every response that serialises the key.
+    if _depth(value) > MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata must not nest deeper than {MAX_METADATA_DEPTH} levels")
+    try:
+        encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN or Infinity: not JSON, and PostgreSQL's JSON would store them as null
+        raise ValueError("metadata must not contain NaN or Infinity") from None
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata must encode to at most {MAX_METADATA_BYTES} bytes of JSON")
     if "\\u0000" in encoded:
@@ -128,7 +187,7 @@ class KeyRead(BaseModel):
             rate_limit=row.rate_limit,
             quota_remaining=row.quota_remaining,
             ip_allowlist=row.ip_allowlist,
-            metadata=row.key_metadata,
+            metadata=readable_metadata(row),
             is_active=row.is_active,
             last_used_at=row.last_used_at,
             use_count=row.use_count,

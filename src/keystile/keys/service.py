@@ -21,7 +21,7 @@ from keystile.keys import format as key_format
 from keystile.keys.invalidation import Invalidator
 from keystile.keys.models import ApiKey
 from keystile.keys.quota import QuotaLedger
-from keystile.keys.schemas import KeyCreate, KeyRead, KeyUpdate
+from keystile.keys.schemas import MAX_EXPIRES_IN_SECONDS, KeyCreate, KeyRead, KeyUpdate
 from keystile.usage.recorder import UsageRecorder
 
 # A key_id collision needs two draws of 71 bits to meet; retrying covers the astronomically unlucky case.
@@ -138,9 +138,7 @@ class KeyManager:
             assert changes.expires_in is not None
             row.expires_at = now + timedelta(seconds=changes.expires_in)
         if "expires_at" in fields:
-            if changes.expires_at is not None and changes.expires_at <= now:
-                raise InvalidKeySettingsError("expires_at", "expires_at must lie in the future")
-            row.expires_at = changes.expires_at
+            row.expires_at = _checked_expires_at(changes.expires_at, now)
         if changes.name is not None:
             row.name = changes.name
         if "scopes" in fields:
@@ -266,6 +264,16 @@ class KeyManager:
 def _expiry(spec: KeyCreate, now: datetime) -> datetime | None:
     if spec.expires_in is not None:
         return now + timedelta(seconds=spec.expires_in)
-    if spec.expires_at is not None and spec.expires_at <= now:
+    return _checked_expires_at(spec.expires_at, now)
+
+
+def _checked_expires_at(expires_at: datetime | None, now: datetime) -> datetime | None:
+    """An `expires_at` in the future and at most as far as `expires_in` reaches (10 years): a Unix time given in
+    milliseconds reads as a date thousands of years away, which nobody means."""
+    if expires_at is None:
+        return None
+    if expires_at <= now:
         raise InvalidKeySettingsError("expires_at", "expires_at must lie in the future")
-    return spec.expires_at
+    if expires_at > now + timedelta(seconds=MAX_EXPIRES_IN_SECONDS):
+        raise InvalidKeySettingsError("expires_at", "expires_at must lie within 10 years")
+    return expires_at

@@ -2,21 +2,50 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
-from fastapi import APIRouter, HTTPException, Request, Response, Security, status
-from fastapi.security import SecurityScopes
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from keystile.deps import KeystileDep, OptionalUser
-from keystile.fastapi import authenticate_api_key
-from keystile.keys.records import Outcome
+from keystile.asgi import Refusal, check_request, rate_limit_fields
+from keystile.deps import bearer_token, user_from_token
+from keystile.fastapi import http_exception
+from keystile.instance import Keystile, keystile_of
+from keystile.keys.records import Outcome, Verification
+from keystile.net import parse_ip
 from keystile.ratelimit.base import Decision
+from keystile.responses import DETAIL_BODY, RETRY_AFTER, challenge
 
 router = APIRouter(prefix="/v1/keys", tags=["verify"])
 
 VERIFY_SCOPE = "keys:verify"
+_VERIFY_SCOPES = (VERIFY_SCOPE,)
+
+# The answers about the caller, each a `{"detail": str}` body; the key being checked is always answered with a 200.
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {
+        "description": "No caller credentials, an invalid caller key or an invalid bearer token",
+        "content": DETAIL_BODY,
+        "headers": challenge("`APIKey`, `Bearer`"),
+    },
+    403: {
+        "description": "A bearer token of a non-admin, or a caller key without `keys:verify` or from a refused address",
+        "content": DETAIL_BODY,
+    },
+    429: {
+        "description": "The caller key is rate limited, out of quota or failed too often from this address",
+        "content": DETAIL_BODY,
+        "headers": {"Retry-After": RETRY_AFTER},
+    },
+    503: {
+        "description": "Rate limiting unavailable (RATE_LIMIT_FAILURE=closed), or the database unavailable",
+        "content": DETAIL_BODY,
+        "headers": {"Retry-After": RETRY_AFTER},
+    },
+}
 
 
 class VerifyRequest(BaseModel):
@@ -25,7 +54,16 @@ class VerifyRequest(BaseModel):
     key: str = Field(max_length=4096, description="The key to check, as presented to you")
     scopes: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=50)
     cost: int = Field(default=1, ge=0, le=1_000_000, description="How much this call draws from rate limit and quota")
-    ip: IPvAnyAddress | None = Field(default=None, description="The client's address, for keys with an allowlist")
+    ip: str | None = Field(
+        default=None, max_length=64, strict=True, description="The client's address, for keys with an allowlist"
+    )
+
+    @field_validator("ip")
+    @classmethod
+    def _ip_is_an_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_ip(value)
+        return value
 
 
 class RateLimitState(BaseModel):
@@ -53,56 +91,125 @@ class VerifyResponse(BaseModel):
     quota_remaining: int | None = None
 
 
-async def _authorize_caller(
-    request: Request,
-    response: Response,
-    user: OptionalUser,
-) -> None:
-    """An admin's bearer token, or an API key holding `keys:verify`."""
-    if user is not None:
-        if not user.is_admin:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Admin privileges or scope keys:verify required")
-        return
-    if not request.headers.get("x-api-key"):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            detail="Admin bearer token or API key with scope keys:verify required",
-            headers={"WWW-Authenticate": "Bearer, APIKey"},
-        )
-    await authenticate_api_key(request, response, SecurityScopes([VERIFY_SCOPE]))
+_NO_CALLER = Refusal(
+    401, "Admin bearer token or API key with scope keys:verify required", {"WWW-Authenticate": "Bearer, APIKey"}
+)
+_NOT_ADMIN = Refusal(403, "Admin privileges or scope keys:verify required")
+
+
+class _Caller(NamedTuple):
+    owner_id: int | None  # whose keys it may verify; None: everyone's (an admin)
+    rate_limit_fields: tuple[tuple[bytes, bytes], ...]  # the caller key's own RateLimit fields, for the response
+
+
+async def _caller(keystile: Keystile, request: Request) -> _Caller:
+    """Who is asking, and so whose keys they may verify.
+
+    An API key holding `keys:verify` answers for its owner's keys only, unless an admin owns it; an admin's bearer
+    token answers for all. A request carrying an API key is judged by the key, whatever bearer token comes with it.
+    """
+    if request.headers.get("x-api-key"):
+        checked = await check_request(keystile, request.scope, _VERIFY_SCOPES)
+        if isinstance(checked, Refusal):
+            raise http_exception(checked)
+        caller = checked.key
+        assert caller is not None  # a VALID verification always carries its key
+        fields = rate_limit_fields(checked.ratelimit) if checked.ratelimit is not None else ()
+        return _Caller(None if caller.owner_is_admin else caller.user_id, fields)
+    token = await bearer_token(request)
+    if not token:
+        raise http_exception(_NO_CALLER)
+    async with keystile.session_factory() as session:
+        user = await user_from_token(keystile, session, token)
+    if not user.is_admin:
+        raise http_exception(_NOT_ADMIN)
+    return _Caller(None, ())
+
+
+def _parsed(body: bytes) -> VerifyRequest:
+    """The body, validated by pydantic straight from the JSON bytes (one pass, no intermediate dict)."""
+    try:
+        return VerifyRequest.model_validate_json(body)
+    except ValidationError as error:
+        errors = [{**detail, "loc": ("body", *detail["loc"])} for detail in error.errors(include_input=False)]
+        raise RequestValidationError(errors) from None
+
+
+def _answer(verification: Verification) -> bytes:
+    """The verify answer as JSON bytes. Built by hand: it is the whole response of the gateway's hot path, and a
+    response model would validate it twice more (docs/PERFORMANCE.md, "The gateway path")."""
+    record = verification.key
+    if record is None:
+        return _NOT_FOUND_ANSWER if verification.outcome is Outcome.NOT_FOUND else _bare(verification.outcome)
+    decision = verification.ratelimit
+    answer = {
+        "valid": verification.outcome is Outcome.VALID,
+        "code": verification.outcome.value,
+        "api_key_id": record.id,
+        "owner_id": record.user_id,
+        "name": record.name,
+        "scopes": sorted(record.scopes),
+        "metadata": dict(record.metadata),
+        "expires_at": _utc_text(record.expires_at),
+        "ratelimit": None
+        if decision is None
+        else {"limit": decision.limit, "remaining": decision.remaining, "reset_seconds": decision.reset_seconds},
+        "quota_remaining": verification.quota_remaining,
+    }
+    return json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _utc_text(moment: datetime | None) -> str | None:
+    """ISO 8601 with `Z`, as pydantic writes the UTC datetimes of every other answer."""
+    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+
+
+def _bare(outcome: Outcome) -> bytes:
+    return VerifyResponse(valid=False, code=outcome).model_dump_json().encode()
+
+
+_NOT_FOUND_ANSWER = _bare(Outcome.NOT_FOUND)
 
 
 @router.post(
     "/verify",
-    response_model=VerifyResponse,
     summary="Check a key for another service",
     description=(
-        "Caller: an admin's Bearer JWT, or an API key with scope `keys:verify`. Always 200 for a well-formed call; "
+        "Caller: an admin's Bearer JWT (any key), or an API key with scope `keys:verify` (its owner's keys; another "
+        "owner's key is `NOT_FOUND`; every key when an admin owns the caller key). Always 200 for a well-formed call; "
         "`code` says why a key is not valid. A malformed key, an unknown key and a wrong secret are all `NOT_FOUND`."
     ),
-    responses={401: {"description": "No caller credentials"}, 403: {"description": "Caller not allowed"}},
-    openapi_extra={"security": [{"APIKeyHeader": [VERIFY_SCOPE]}]},  # joins the bearer token's entry
+    responses={
+        **_RESPONSES,
+        200: {"model": VerifyResponse, "description": "The answer about the key"},
+        422: {
+            "description": "Validation Error",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
+        },
+    },
+    # The route reads its own body and caller (see `verify`), so the schema says what FastAPI would have derived.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": VerifyRequest.model_json_schema()}},
+        },
+        "security": [{"OAuth2PasswordBearer": []}, {"APIKeyHeader": [VERIFY_SCOPE]}],
+    },
 )
-async def verify(
-    body: VerifyRequest,
-    keystile: KeystileDep,
-    _caller: Annotated[None, Security(_authorize_caller)],
-) -> VerifyResponse:
+async def verify(request: Request) -> Response:
+    """The gateway's hot path, so it takes the request whole: the caller is checked, the body parsed and the answer
+    written here, without FastAPI's dependency resolution and response-model validation, which cost more than the
+    two key checks themselves (docs/PERFORMANCE.md, "The gateway path"). Same answers as a declared route."""
+    keystile = keystile_of(request)
+    caller = await _caller(keystile, request)
+    body = _parsed(await request.body())
     verification = await keystile.verifier.verify(
-        body.key, required_scopes=body.scopes, client_ip=body.ip, cost=body.cost
+        body.key,
+        required_scopes=body.scopes,
+        client_ip=parse_ip(body.ip) if body.ip is not None else None,
+        cost=body.cost,
+        owner_id=caller.owner_id,
     )
-    record = verification.key
-    if record is None:
-        return VerifyResponse(valid=False, code=verification.outcome)
-    return VerifyResponse(
-        valid=verification.valid,
-        code=verification.outcome,
-        api_key_id=record.id,
-        owner_id=record.user_id,
-        name=record.name,
-        scopes=sorted(record.scopes),
-        metadata=dict(record.metadata),
-        expires_at=record.expires_at,
-        ratelimit=RateLimitState.from_decision(verification.ratelimit),
-        quota_remaining=verification.quota_remaining,
-    )
+    response = Response(_answer(verification), media_type="application/json")
+    response.raw_headers.extend(caller.rate_limit_fields)
+    return response

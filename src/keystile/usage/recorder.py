@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import Update, case, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from keystile.db import DatabaseIncidents
 from keystile.keys.models import ApiKey
 
 logger = logging.getLogger(__name__)
@@ -23,11 +24,14 @@ class UsageRecorder:
     """Counts uses per key in memory; `flush` writes one UPDATE per used key and is safe to call at any time.
 
     Recording is a dict update with no await, so it costs the hot path nothing measurable. A flush takes the whole
-    buffer at once; if the write fails, the counts go back into the buffer so nothing recorded is lost.
+    buffer at once; if the write fails, the counts go back into the buffer so nothing recorded is lost. While the
+    database is down they wait there, flush after flush, and the first flush after it is back writes them all; the
+    outage is logged once (by `incidents`), not at every failed flush.
     """
 
-    def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, session_factory: async_sessionmaker[AsyncSession], *, incidents: DatabaseIncidents) -> None:
         self._session_factory = session_factory
+        self._incidents = incidents
         self._pending: dict[int, PendingUsage] = {}
         self._flush_lock = asyncio.Lock()
 
@@ -57,10 +61,11 @@ class UsageRecorder:
                 async with self._session_factory() as session, session.begin():
                     for api_key_id, pending in sorted(batch.items()):
                         await session.execute(_usage_update(api_key_id, pending))
-            except Exception:
+            except Exception as error:
                 for api_key_id, pending in batch.items():
                     self._merge_back(api_key_id, pending)
-                logger.exception("usage flush failed; %d keys kept for the next flush", len(batch))
+                if not self._incidents.report(error):
+                    logger.exception("usage flush failed; %d keys kept for the next flush", len(batch))
                 raise
             return len(batch)
 
@@ -77,7 +82,7 @@ class UsageRecorder:
             await asyncio.sleep(interval_seconds)
             try:
                 await self.flush()
-            except Exception:  # noqa: S112  (logged in flush; the next tick retries)
+            except Exception:  # noqa: S112  (logged in flush, or once per database outage; the next tick retries)
                 continue
 
 

@@ -2,16 +2,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, Depends, HTTPException, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from keystile.audit import service as audit
 from keystile.deps import ClientIP, CurrentUser, KeystileDep, SessionDep, ip_text
+from keystile.responses import BEARER_ANSWERS, DATABASE_UNAVAILABLE, DETAIL_BODY, challenge
 from keystile.users import service, throttle
 from keystile.users.schemas import Token, UserCreate, UserRead
 from keystile.users.tokens import issue_access_token
 
 router = APIRouter(tags=["users"])
+
 
 _BAD_CREDENTIALS = HTTPException(
     status.HTTP_401_UNAUTHORIZED,
@@ -25,8 +27,9 @@ _BAD_CREDENTIALS = HTTPException(
     status_code=status.HTTP_201_CREATED,
     response_model=UserRead,
     responses={
-        403: {"description": "Registration is closed"},
-        409: {"description": "Email already registered"},
+        403: {"description": "Registration is closed", "content": DETAIL_BODY},
+        409: {"description": "Email already registered", "content": DETAIL_BODY},
+        **DATABASE_UNAVAILABLE,
     },
 )
 async def register(body: UserCreate, keystile: KeystileDep, session: SessionDep, ip: ClientIP) -> UserRead:
@@ -50,9 +53,23 @@ async def register(body: UserCreate, keystile: KeystileDep, session: SessionDep,
 @router.post(
     "/auth/token",
     response_model=Token,
-    responses={401: {"description": "Bad credentials"}, 429: {"description": "Too many failed attempts"}},
+    responses={
+        401: {"description": "Bad credentials", "content": DETAIL_BODY, "headers": challenge("`Bearer`")},
+        429: {
+            "description": "Too many failed attempts for this email or from this address",
+            "content": DETAIL_BODY,
+            "headers": {
+                "Retry-After": {"description": "Seconds to wait", "required": True, "schema": {"type": "integer"}}
+            },
+        },
+        503: {
+            "description": "The database is unavailable, or rate limiting (RATE_LIMIT_FAILURE=closed)",
+            "content": DETAIL_BODY,
+        },
+    },
 )
 async def login(
+    response: Response,
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     keystile: KeystileDep,
     session: SessionDep,
@@ -82,9 +99,16 @@ async def login(
         raise _BAD_CREDENTIALS
     ttl = keystile.settings.jwt_ttl_seconds
     token = issue_access_token(user_id=user.id, signing_key=keystile.signing_key, now=keystile.clock(), ttl_seconds=ttl)
+    # A token response must not be stored by any cache on the way (RFC 6749 section 5.1).
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
     return Token(access_token=token, expires_in=ttl)
 
 
-@router.get("/users/me", response_model=UserRead)
+@router.get(
+    "/users/me",
+    response_model=UserRead,
+    responses=BEARER_ANSWERS,
+)
 async def me(user: CurrentUser) -> UserRead:
     return UserRead.model_validate(user)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 
 from sqlalchemy import select
@@ -16,7 +17,9 @@ class EmailTakenError(Exception):
 
 
 def normalize_email(email: str) -> str:
-    return email.strip().lower()
+    """One spelling per address: NFKC first, so full-width or other compatibility look-alikes ("ａｌｉｃｅ@…") are the
+    same account as the plain address, then lower case."""
+    return unicodedata.normalize("NFKC", email).strip().lower()
 
 
 async def get_by_email(session: AsyncSession, email: str) -> User | None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from keystile.instance import Keystile
 from keystile.net import IPAddress
+from keystile.users.service import normalize_email
 
 
 def _buckets(keystile: Keystile, email: str, address: IPAddress | None) -> list[tuple[str, int]]:
     settings = keystile.settings
     return [
-        (f"login:email:{email.strip().lower()}", settings.login_max_failures_per_email),
+        (f"login:email:{normalize_email(email)}", settings.login_max_failures_per_email),
         (f"login:ip:{address}", settings.login_max_failures_per_ip),
     ]
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 import jwt
+
+from keystile.db import MAX_ID
 
 ALGORITHM = "HS256"
 ISSUER = "keystile"
 AUDIENCE = "keystile"
 _REQUIRED_CLAIMS = ["sub", "exp", "iat", "iss", "aud"]
 _CLOCK_SKEW_SECONDS = 30
+_CANONICAL_ID = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
 
 
 def issue_access_token(*, user_id: int, signing_key: str, now: datetime, ttl_seconds: int) -> str:
@@ -44,4 +48,7 @@ def user_id_from_token(token: str, *, signing_key: str, now: datetime) -> int | 
     if expires <= now.timestamp() or issued > now.timestamp() + _CLOCK_SKEW_SECONDS:
         return None
     subject = claims["sub"]
-    return int(subject) if isinstance(subject, str) and subject.isdigit() else None
+    # Only the canonical spelling names a user: str.isdigit() and int() also take "²", "٢", "02" or 31 digits.
+    if not isinstance(subject, str) or _CANONICAL_ID.fullmatch(subject) is None or int(subject) > MAX_ID:
+        return None
+    return int(subject)
