@@ -119,3 +119,22 @@ def test_a_scoped_example_route_refuses_a_key_without_the_scope(
     assert refused.status_code == 403, server.log
     assert refused.json()["detail"] == "API key lacks required scope: reports:write"
     assert written.status_code in {200, 201}, written.text
+
+
+def test_the_client_example_verifies_keys_through_a_real_keystile_serve(deployment: Deployment, tmp_path: Path) -> None:
+    verifier = keystile_cli(
+        deployment.env, "keys", "create", "--email", EMAIL, "--name", "gateway", "--scopes", "keys:verify"
+    )
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith("KEYSTILE_")}
+
+    with KeystileServer(deployment.env, tmp_path) as server:
+
+        def run(key: str) -> subprocess.CompletedProcess[str]:
+            env = inherited | {"KEYSTILE_URL": server.url, "KEYSTILE_VERIFIER_KEY": verifier}
+            command = [sys.executable, "-m", "examples.client_verify", key]
+            return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+        allowed, lacking = run(deployment.writer), run(deployment.key)
+
+    assert (allowed.returncode, allowed.stdout.strip()) == (0, "VALID"), allowed.stderr
+    assert (lacking.returncode, lacking.stdout.strip()) == (1, "INSUFFICIENT_SCOPES"), lacking.stderr
