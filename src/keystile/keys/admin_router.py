@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from keystile.db import MAX_ID
-from keystile.deps import AdminUser, ClientIP, KeyPk, KeysDep, Limit, Offset, ip_text
+from keystile.deps import AdminUser, ClientIP, KeyPk, KeysDep, Limit, Offset, UnusedForDays, ip_text
 from keystile.keys.schemas import KeyRead
 from keystile.responses import ADMIN_ANSWERS, KEY_NOT_FOUND
 
@@ -21,8 +21,10 @@ async def list_all_keys(
     limit: Limit = 50,
     offset: Offset = 0,
     owner_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    unused_for_days: UnusedForDays = None,
 ) -> list[KeyRead]:
-    return await keys.read(await keys.list_page(owner_id=owner_id, limit=limit, offset=offset))
+    rows = await keys.list_page(owner_id=owner_id, limit=limit, offset=offset, unused_for_days=unused_for_days)
+    return await keys.read(rows)
 
 
 @router.post("/keys/{key_pk}/revoke", response_model=KeyRead, responses=KEY_NOT_FOUND)

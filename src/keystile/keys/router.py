@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response, status
 
-from keystile.deps import ClientIP, CurrentUser, KeyPk, KeysDep, Limit, Offset, ip_text
+from keystile.deps import ClientIP, CurrentUser, KeyPk, KeysDep, Limit, Offset, UnusedForDays, ip_text
 from keystile.errors import validation_error
 from keystile.keys.schemas import KeyCreate, KeyCreated, KeyRead, KeyUpdate, Name, RotateRequest
 from keystile.keys.service import IssuedKey
@@ -65,8 +65,11 @@ async def create_key(
 
 
 @router.get("/", response_model=list[KeyRead], summary="Your keys, newest first")
-async def list_keys(keys: KeysDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0) -> list[KeyRead]:
-    return await keys.read(await keys.list_page(owner_id=user.id, limit=limit, offset=offset))
+async def list_keys(
+    keys: KeysDep, user: CurrentUser, limit: Limit = 50, offset: Offset = 0, unused_for_days: UnusedForDays = None
+) -> list[KeyRead]:
+    rows = await keys.list_page(owner_id=user.id, limit=limit, offset=offset, unused_for_days=unused_for_days)
+    return await keys.read(rows)
 
 
 @router.get("/{key_pk}", response_model=KeyRead, responses=KEY_NOT_FOUND)

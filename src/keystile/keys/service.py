@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -65,11 +65,21 @@ class KeyManager:
 
     # Reads
 
-    async def list_page(self, *, owner_id: int | None, limit: int, offset: int) -> list[ApiKey]:
-        """Keys newest first; all owners' keys when `owner_id` is None (admin listing)."""
+    async def list_page(
+        self, *, owner_id: int | None, limit: int, offset: int, unused_for_days: int | None = None
+    ) -> list[ApiKey]:
+        """Keys newest first; all owners' keys when `owner_id` is None (admin listing).
+
+        With `unused_for_days`, only keys not used for that long; a key never used counts from its creation. The uses
+        this process still holds in memory are written first, so a key just used here is never listed as stale.
+        """
         query = select(ApiKey).order_by(ApiKey.id.desc()).limit(limit).offset(offset)
         if owner_id is not None:
             query = query.where(ApiKey.user_id == owner_id)
+        if unused_for_days is not None:
+            await self.usage.flush()
+            cutoff = self.clock() - timedelta(days=unused_for_days)
+            query = query.where(func.coalesce(ApiKey.last_used_at, ApiKey.created_at) <= cutoff)
         return list((await self.session.scalars(query)).all())
 
     async def get(self, key_pk: int, *, owner_id: int | None, for_update: bool = False) -> ApiKey:
