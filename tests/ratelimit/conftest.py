@@ -1,11 +1,12 @@
-"""A private `redis-server` for tests that stop Redis, so the shared Redis other tests use is never disturbed."""
+"""Private Redis servers: one `redis-server` for tests that stop Redis, so the shared Redis other tests use is never
+disturbed, and a three-master Redis Cluster for the cluster tests."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,10 +49,95 @@ class RedisServer:
         self.process = None
 
 
+class RedisClusterServers:
+    """Three `redis-server --cluster-enabled yes` masters on free ports, joined by `redis-cli --cluster create`."""
+
+    SIZE = 3
+
+    def __init__(self, workdir: Path) -> None:
+        self.ports = [free_port() for _ in range(self.SIZE)]
+        self.urls = [f"redis://127.0.0.1:{port}/0" for port in self.ports]
+        self.workdir = workdir
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        for port in self.ports:
+            self.processes.append(subprocess.Popen(self._server_command(port), stdout=subprocess.DEVNULL))
+        for url in self.urls:
+            _wait_for(url, lambda connection: bool(connection.ping()))
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=READY_SECONDS,
+        )
+        for url in self.urls:  # every node must see every slot served before a test may rely on it
+            _wait_for(url, lambda connection: connection.execute_command("CLUSTER INFO")["cluster_state"] == "ok")
+
+    def _server_command(self, port: int) -> list[str]:
+        # The cluster bus gets its own free port: the default (port + 10000) may be taken or out of range.
+        return [
+            "redis-server",
+            *("--port", str(port), "--cluster-port", str(free_port()), "--bind", "127.0.0.1"),
+            *("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"),
+            *("--save", "", "--appendonly", "no", "--dir", str(self.workdir)),
+        ]
+
+    def flush(self) -> None:
+        for url in self.urls:
+            with redis.Redis.from_url(url) as connection:
+                connection.flushall()
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            process.wait(timeout=10)
+        self.processes = []
+
+
+def _wait_for(url: str, ready: Callable[[redis.Redis], bool]) -> None:
+    deadline = time.monotonic() + READY_SECONDS
+    with redis.Redis.from_url(url, socket_connect_timeout=0.2) as connection:
+        while time.monotonic() < deadline:
+            try:
+                if ready(connection):
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.02)  # readiness polling of child processes, bounded by the deadline above
+    pytest.fail(f"{url} was not ready within {READY_SECONDS} s")
+
+
+def _require(program: str) -> None:
+    if shutil.which(program) is None:
+        backends.unavailable(program, FileNotFoundError(f"{program} is not on PATH"))
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """One cluster per test module (starting one takes about a second); each test starts with it flushed."""
+    _require("redis-server")
+    _require("redis-cli")
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster(redis_cluster: RedisClusterServers) -> RedisClusterServers:
+    redis_cluster.flush()
+    return redis_cluster
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        backends.unavailable("redis-server", FileNotFoundError("redis-server is not on PATH"))
+    _require("redis-server")
     server = RedisServer(tmp_path)
     server.start()
     yield server

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -118,3 +118,38 @@ async def test_every_waiter_of_a_batch_against_a_stopped_server_gets_limiter_una
         assert await limiter.ping() is False
     finally:
         await limiter.close()
+
+
+async def test_a_flood_on_an_exhausted_window_costs_redis_nothing(client: CountingRedis) -> None:
+    limiter = RedisRateLimiter(client)
+    assert all(d.allowed for d in await asyncio.gather(*(hit(limiter, "key:1", limit=5) for _ in range(5))))
+    assert client.script_calls == 1
+
+    flood = await asyncio.gather(*(hit(limiter, "key:1", limit=5) for _ in range(1000)))
+    read = await hit(limiter, "key:1", limit=5, cost=0)
+
+    assert {(d.allowed, d.remaining, d.reset_seconds) for d in flood} == {(False, 0, WINDOW)}
+    assert (read.allowed, read.remaining) == (True, 0)  # what Redis would answer for a counter at its limit
+    assert client.script_calls == 1
+
+
+async def test_an_exhausted_window_learnt_from_another_process_costs_one_call(client: CountingRedis) -> None:
+    other, mine = RedisRateLimiter(client), RedisRateLimiter(client)
+    await asyncio.gather(*(hit(other, "key:1", limit=3) for _ in range(3)))
+    calls = client.script_calls
+
+    for _ in range(100):  # one after another: each would be its own round trip
+        assert not (await hit(mine, "key:1", limit=3)).allowed
+
+    assert client.script_calls == calls + 1
+
+
+async def test_a_raised_limit_or_a_new_window_asks_redis_again(client: CountingRedis) -> None:
+    limiter = RedisRateLimiter(client)
+    await asyncio.gather(*(hit(limiter, "key:1", limit=2) for _ in range(3)))
+
+    raised = await asyncio.gather(*(hit(limiter, "key:1", limit=4) for _ in range(3)))  # a PATCH raised the limit
+    next_window = await limiter.hit("key:1", limit=4, window_seconds=WINDOW, cost=1, now=NOW + timedelta(seconds=60))
+
+    assert sorted(d.remaining for d in raised if d.allowed) == [0, 1]
+    assert (next_window.allowed, next_window.remaining) == (True, 3)

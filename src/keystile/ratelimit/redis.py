@@ -10,16 +10,32 @@ decisions asked for in the same event-loop turn therefore go to Redis as ONE scr
 trip and one reply for the batch. The script runs the decisions one after another, atomically, so each is exactly
 what it would have been alone in that order (two on one counter see each other), and no request waits for more than
 one round trip. A failed round trip fails every decision in it. Figures: docs/PERFORMANCE.md.
+
+Redis Cluster: a script may only touch keys of one hash slot, so on a cluster a batch is split by the slot of its
+counters and sent as one script call per slot, concurrently (each decision touches one key, so no hash tag is needed
+and the key names are the same as on a single Redis). Whether the URL names a cluster node is asked of the server
+(`INFO cluster`) before the first batch, so `KEYSTILE_REDIS_URL` may name any node of a cluster and needs no other
+setting.
+
+Exhausted windows are remembered: once this process has seen a window's counter at its limit, later requests on that
+bucket, window and limit are refused here without a round trip. This is exact because a counter never goes down
+within its window (the script only adds); a different limit or window length (a PATCH) is a different entry, so a
+raised limit goes to Redis at once. A flood of a limited key therefore costs Redis one call per process and window.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from datetime import datetime
 from typing import NamedTuple
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from keystile.ratelimit.base import Decision, LimiterUnavailableError, Window
 
@@ -42,6 +58,20 @@ return used_before
 
 KEY_PREFIX = "keystile:rl:"
 
+# Short timeouts: when Redis is gone a request must fail over to RATE_LIMIT_FAILURE quickly, not hang.
+TIMEOUT_SECONDS = 0.5
+# On a cluster, one retry after a connection error (redis-py refreshes the slot map in between, which follows a
+# failover); redis-py's default of ten with backoff would hold a request for seconds while a shard is down.
+_CLUSTER_RETRY = Retry(NoBackoff(), 1)
+
+# Past this many remembered exhausted windows, those that have ended are swept out (bucket names can be chosen by
+# clients: login emails, addresses).
+SWEEP_THRESHOLD = 10_000
+
+Client = redis.Redis | RedisCluster
+# What a failed round trip raises; RedisClusterException (no reachable node, slot not covered) is not a RedisError.
+_UNAVAILABLE = (RedisError, RedisClusterException, OSError)
+
 
 class _Request(NamedTuple):
     """One decision waiting for its batch: the counter, the script's arguments, and where the answer goes."""
@@ -51,20 +81,37 @@ class _Request(NamedTuple):
     used_before: asyncio.Future[int]
 
 
+class _Exhausted(NamedTuple):
+    """A window this process has seen used up, for one limit: refusals need no round trip until it ends."""
+
+    start_ms: int
+    seconds: int
+    limit: int
+
+
 class RedisRateLimiter:
-    def __init__(self, client: redis.Redis) -> None:
-        self._client = client
-        self._script = client.register_script(_FIXED_WINDOWS)  # EVALSHA; loads the script again after a flush
+    def __init__(self, client: Client, *, url: str | None = None) -> None:
+        """`url`, when given, is where `client` connects: before the first batch the server is asked whether it is a
+        cluster node, and if so `client` is replaced by a cluster client for the same URL."""
+        self._use(client)
+        self._url_to_probe = url
+        self._probing = asyncio.Lock()
         self._waiting: list[_Request] = []
         self._sending: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+        self._exhausted: dict[str, _Exhausted] = {}
+        self._next_sweep_size = SWEEP_THRESHOLD
 
     @classmethod
     def from_url(cls, url: str) -> RedisRateLimiter:
-        # Short timeouts: when Redis is gone a request must fail over to RATE_LIMIT_FAILURE quickly, not hang.
-        return cls(redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5))
+        return cls(
+            redis.Redis.from_url(url, socket_timeout=TIMEOUT_SECONDS, socket_connect_timeout=TIMEOUT_SECONDS), url=url
+        )
 
     async def hit(self, bucket: str, *, limit: int, window_seconds: int, cost: int, now: datetime) -> Decision:
         window = Window.at(now, window_seconds)
+        exhausted = _Exhausted(window.start_ms, window.seconds, limit)
+        if self._exhausted.get(bucket) == exhausted:
+            return window.decide(used_before=limit, limit=limit, cost=cost)[0]
         expiry_ms = window.end_ms - window.now_ms + 1000
         loop = asyncio.get_running_loop()
         request = _Request(f"{KEY_PREFIX}{bucket}:{window.start_ms}", (limit, cost, expiry_ms), loop.create_future())
@@ -76,29 +123,88 @@ class RedisRateLimiter:
         self._waiting.append(request)
         try:
             used = await request.used_before
-        except (RedisError, OSError) as error:
+        except _UNAVAILABLE as error:
             raise LimiterUnavailableError(str(error)) from error
-        decision, _ = window.decide(used_before=used, limit=limit, cost=cost)
+        decision, used_after = window.decide(used_before=used, limit=limit, cost=cost)
+        if used_after >= limit:
+            self._remember_exhausted(bucket, exhausted)
         return decision
+
+    def _remember_exhausted(self, bucket: str, window: _Exhausted) -> None:
+        self._exhausted[bucket] = window
+        if len(self._exhausted) >= self._next_sweep_size:
+            now_ms = window.start_ms  # a window that ended before this one started is over
+            self._exhausted = {b: w for b, w in self._exhausted.items() if w.start_ms + w.seconds * 1000 > now_ms}
+            # Sweep again only once the table has doubled over what survived: amortized O(1) per remembered window.
+            self._next_sweep_size = max(SWEEP_THRESHOLD, 2 * len(self._exhausted))
 
     async def _send_waiting(self) -> None:
         batch, self._waiting = self._waiting, []
         try:
-            replies = await self._script(keys=[r.key for r in batch], args=[a for r in batch for a in r.args])
-        except Exception as error:
+            await self._probe_for_cluster()
+            await asyncio.gather(*(self._send(group) for group in self._groups(batch)))
+        except Exception as error:  # the probe failed; each group handles its own failure
             _fail(batch, error)
-            return
         except asyncio.CancelledError:  # shutdown: no waiter may be left hanging
             _fail(batch, RedisError("rate limit decision cancelled"))
             raise
-        for request, used in zip(batch, replies, strict=True):
+
+    def _groups(self, batch: list[_Request]) -> list[list[_Request]]:
+        """The batch as script calls: all of it on a single Redis, one call per hash slot on a cluster."""
+        if not isinstance(self._client, RedisCluster):
+            return [batch]
+        by_slot: defaultdict[int, list[_Request]] = defaultdict(list)
+        for request in batch:
+            by_slot[key_slot(request.key.encode())].append(request)
+        return list(by_slot.values())
+
+    async def _send(self, group: list[_Request]) -> None:
+        try:
+            replies = await self._script(keys=[r.key for r in group], args=[a for r in group for a in r.args])
+        except Exception as error:
+            _fail(group, error)
+            return
+        for request, used in zip(group, replies, strict=True):
             if not request.used_before.done():  # its waiter was cancelled meanwhile (the client went away)
                 request.used_before.set_result(int(used))
+
+    async def _probe_for_cluster(self) -> None:
+        """Once, before the first batch: switch to a cluster client if the URL names a cluster node. A failed probe
+        fails its batch and is tried again with the next one."""
+        if self._url_to_probe is None:
+            return
+        async with self._probing:
+            url = self._url_to_probe
+            if url is None:  # another batch probed while this one waited
+                return
+            try:
+                cluster = bool((await self._client.info("cluster")).get("cluster_enabled"))
+            except ResponseError:  # INFO is not allowed for this user: only a cluster node would need it
+                cluster = False
+            if cluster:
+                client = RedisCluster.from_url(
+                    url, retry=_CLUSTER_RETRY, socket_timeout=TIMEOUT_SECONDS, socket_connect_timeout=TIMEOUT_SECONDS
+                )
+                try:
+                    # The slot map now, before concurrent use: redis-py's lazy first initialization, raced by the
+                    # concurrent calls of one batch, closes connections under some of them (redis-py 8.1).
+                    await client.initialize()
+                except BaseException:
+                    await client.aclose()
+                    raise
+                single = self._client
+                self._use(client)
+                await single.aclose()
+            self._url_to_probe = None
+
+    def _use(self, client: Client) -> None:
+        self._client = client
+        self._script = client.register_script(_FIXED_WINDOWS)  # EVALSHA; loads the script again after a flush
 
     async def ping(self) -> bool:
         try:
             return bool(await self._client.ping())
-        except (RedisError, OSError):
+        except _UNAVAILABLE:
             return False
 
     async def close(self) -> None:
