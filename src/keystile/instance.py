@@ -6,6 +6,7 @@ Built from settings, an instance owns:
 - the rate limiter (in process, or Redis) behind its failure guard;
 - the key cache, the quota ledger (leased balances), the usage recorder (buffered counts) and the metrics;
 - the invalidator, which tells other instances through Redis that a key changed, and listens for their changes;
+- the key_id index, which refuses made-up keys without the database while the invalidator hears every creation;
 - the `Verifier` built from those, and a `KeyManager` per session for every change to a key.
 
 `async with Keystile(settings) as keystile:` starts what runs in the background (the periodic usage flush, the
@@ -30,7 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keystile.clock import Clock, system_clock
 from keystile.db import DatabaseIncidents, create_engine, create_session_factory
-from keystile.keys.cache import KeyCache
+from keystile.keys import key_ids
+from keystile.keys.cache import DEFAULT_TTL_SECONDS, SUBSCRIBED_TTL_SECONDS, KeyCache
 from keystile.keys.format import derive_pepper, key_hashers
 from keystile.keys.invalidation import Invalidator
 from keystile.keys.quota import QuotaLedger
@@ -82,12 +84,22 @@ class Keystile:
         self.usage = UsageRecorder(self.session_factory, incidents=self.database_incidents)
         self.quotas = QuotaLedger(self.session_factory, monotonic=monotonic)
         self.key_cache = KeyCache(stale_if_error_seconds=self.settings.stale_if_error_seconds, monotonic=monotonic)
-        self.invalidator = Invalidator(self._forget_key, self.key_cache.clear, self.settings.redis_url)
+        self.invalidator = Invalidator(
+            self._forget_key, self._resubscribed, self.settings.redis_url, on_lost=self._unsubscribed
+        )
+        self.key_ids = key_ids.KnownKeyIds(
+            self.engine,
+            self.invalidator,
+            self.database_incidents,
+            enabled=self.settings.redis_url is not None,
+        )
+        self._key_loader = KeyLoader(self.engine, self.database_incidents)
         self.verifier = Verifier(
             prefix=self.settings.key_prefix,
             hashers=key_hashers(self.pepper),
             cache=self.key_cache,
-            load=KeyLoader(self.session_factory, self.database_incidents),
+            load=self._key_loader,
+            key_ids=self.key_ids,
             limits=self.limits,
             default_rate_limit=self.settings.default_rate_limit,
             quotas=self.quotas,
@@ -120,6 +132,18 @@ class Keystile:
     def _forget_key(self, key_id: str, api_key_id: int) -> None:
         self.key_cache.invalidate(key_id)
         self.quotas.forget(api_key_id)
+        self.key_ids.add(key_id)  # an announced key exists, whether it was changed or created
+
+    def _resubscribed(self) -> None:
+        """Announcements may have been missed before this subscription: what was cached goes. From now on every
+        change is heard as it happens, so entries may live longer (docs/PERFORMANCE.md, "The cold path")."""
+        self.key_cache.clear()
+        self.key_cache.set_ttl(SUBSCRIBED_TTL_SECONDS)
+        self.key_ids.resync()
+
+    def _unsubscribed(self) -> None:
+        """Changes may go unheard until the next subscription: back to the short backstop, for what is cached too."""
+        self.key_cache.set_ttl(DEFAULT_TTL_SECONDS)
 
     async def unavailable(self) -> list[str]:
         """What does not answer right now: "database", "redis" (for readiness)."""
@@ -152,6 +176,8 @@ class Keystile:
             await self.usage.flush()
             await self.quotas.release_all()
         finally:
+            await self.key_ids.close()
+            await self._key_loader.close()
             await self.invalidator.close()
             await self.limits.close()
             await self.engine.dispose()

@@ -119,6 +119,42 @@ def test_invalidate_drops_a_known_and_an_unknown_entry() -> None:
     assert not cache.is_known_unknown("u")
 
 
+def test_a_longer_ttl_applies_to_entries_put_from_then_on() -> None:
+    monotonic = FakeMonotonic()
+    cache = KeyCache(ttl_seconds=TTL, monotonic=monotonic)
+    cache.put("before", record_for("before", 1))
+    cache.set_ttl(6 * TTL)
+    cache.put("after", record_for("after", 2))
+
+    monotonic.now += TTL
+    assert cache.get("before") is None
+    assert cache.get("after") is not None
+    monotonic.now += 5 * TTL - 0.001
+    assert cache.get("after") is not None
+    monotonic.now += 0.001
+    assert cache.get("after") is None
+
+
+def test_a_shorter_ttl_applies_to_what_is_cached_too_from_now() -> None:
+    monotonic = FakeMonotonic()
+    cache = KeyCache(ttl_seconds=6 * TTL, monotonic=monotonic)
+    cache.put("old", record_for("old", 1))
+    cache.put("u", None)
+    monotonic.now += 5 * TTL  # one TTL of its long lifetime left
+    cache.put("young", record_for("young", 2))
+    monotonic.now += 0.5 * TTL
+
+    cache.set_ttl(TTL)  # e.g. the invalidation subscription was lost
+
+    assert cache.get("old") is not None  # its refresh time (half a TTL from now) was already sooner: kept
+    monotonic.now += 0.5 * TTL
+    assert cache.get("old") is None
+    assert cache.get("young") is not None
+    assert cache.is_known_unknown("u") is False  # the unknown table follows the same lifetime
+    monotonic.now += 0.5 * TTL
+    assert cache.get("young") is None  # capped at one TTL from the change, not 6 TTLs from its put
+
+
 class GatedLoader:
     """A loader that answers only when the test opens the gate, and counts how often it was asked."""
 
@@ -347,6 +383,18 @@ async def test_without_stale_if_error_a_failed_reload_of_an_expired_entry_propag
 
     with pytest.raises(DatabaseDown):
         await cache.get_or_load("a", FailingLoader())
+
+
+async def test_an_entry_capped_by_a_shorter_ttl_is_still_served_stale_while_the_database_is_down() -> None:
+    monotonic = FakeMonotonic()
+    cache = KeyCache(ttl_seconds=6 * TTL, stale_if_error_seconds=STALE_IF_ERROR, monotonic=monotonic)
+    record = record_for("a")
+    cache.put("a", record)
+    cache.set_ttl(TTL)
+    monotonic.now += TTL + STALE_IF_ERROR - 0.001
+
+    assert cache.get("a") is None
+    assert await cache.get_or_load("a", FailingLoader()) is record
 
 
 # Through the app

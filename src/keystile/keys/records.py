@@ -1,22 +1,27 @@
 """What verification works with and answers: `KeyRecord` (a cached snapshot of a key), `Outcome`, `Verification`.
 
 Plain values with no behaviour beyond building them, so the cache, the verifier and the routes can all import this
-module without importing one another.
+module without importing one another. `RECORD_QUERY` sits beside `KeyRecord.from_columns`: the one reads the columns
+the other takes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
+
+from sqlalchemy import bindparam, select
 
 from keystile.keys.models import ApiKey
 from keystile.keys.schemas import readable_metadata
 from keystile.net import IPNetwork, parse_networks
 from keystile.ratelimit.base import Decision
 from keystile.ratelimit.policy import RateLimitPolicy
+from keystile.users.models import User
 
 
 class Outcome(StrEnum):
@@ -52,23 +57,77 @@ class KeyRecord:
     quota_holder_id: int | None  # whose balance a use spends; None: no quota
 
     @classmethod
-    def from_row(cls, row: ApiKey, *, owner_is_admin: bool) -> KeyRecord:
+    def from_columns(cls, row: Sequence[Any]) -> KeyRecord:
+        """From one row of `RECORD_QUERY`: plain column values, no ORM object (docs/PERFORMANCE.md, "The cold path").
+
+        Unpacked by position: reading the 16 columns by name costs 6 us, unpacking them 0.13 us (of 5 us in all)."""
+        (
+            pk,
+            key_id,
+            hash_scheme,
+            key_hash,
+            user_id,
+            owner_is_admin,
+            name,
+            scopes,
+            ip_allowlist,
+            metadata,
+            expires_at,
+            is_active,
+            rate_limit_requests,
+            rate_limit_window_seconds,
+            quota_remaining,
+            quota_holder_id,
+        ) = row
+        if metadata:
+            # readable_metadata reads only `id` and `key_metadata`, which the row carries under the model's names.
+            metadata = readable_metadata(cast(ApiKey, row))
         return cls(
-            id=row.id,
-            key_id=row.key_id,
-            hash_scheme=row.hash_scheme,
-            key_digest=bytes.fromhex(row.key_hash),
-            user_id=row.user_id,
+            id=pk,
+            key_id=key_id,
+            hash_scheme=hash_scheme,
+            key_digest=bytes.fromhex(key_hash),
+            user_id=user_id,
             owner_is_admin=owner_is_admin,
-            name=row.name,
-            scopes=frozenset(row.scopes),
-            ip_networks=parse_networks(row.ip_allowlist),
-            metadata=MappingProxyType(dict(readable_metadata(row))),
-            expires_at=row.expires_at,
-            is_active=row.is_active,
-            rate_limit=row.rate_limit,
-            quota_holder_id=row.quota_holder_id or (row.id if row.quota_remaining is not None else None),
+            name=name,
+            scopes=frozenset(scopes),
+            ip_networks=parse_networks(ip_allowlist) if ip_allowlist else (),
+            metadata=MappingProxyType(dict(metadata)) if metadata else _NO_METADATA,
+            expires_at=expires_at,
+            is_active=is_active,
+            rate_limit=RateLimitPolicy.of(rate_limit_requests, rate_limit_window_seconds),
+            quota_holder_id=quota_holder_id or (pk if quota_remaining is not None else None),
         )
+
+
+_NO_METADATA: MappingProxyType[str, Any] = MappingProxyType({})
+
+_api_keys = ApiKey.__table__.c
+
+# What a cache miss reads: the columns a record is built from and the owner's admin flag, by key_id. A Core SELECT built
+# once, so SQLAlchemy compiles it once (and asyncpg prepares it once per connection); rows come back as tuples.
+RECORD_QUERY = (
+    select(
+        ApiKey.id,
+        ApiKey.key_id,
+        ApiKey.hash_scheme,
+        ApiKey.key_hash,
+        ApiKey.user_id,
+        User.is_admin,
+        ApiKey.name,
+        ApiKey.scopes,
+        ApiKey.ip_allowlist,
+        ApiKey.key_metadata.label("key_metadata"),
+        ApiKey.expires_at,
+        ApiKey.is_active,
+        _api_keys.rate_limit_requests,  # the two columns of the `rate_limit` composite
+        _api_keys.rate_limit_window_seconds,
+        ApiKey.quota_remaining,
+        ApiKey.quota_holder_id,
+    )
+    .join(User, User.id == ApiKey.user_id)
+    .where(ApiKey.key_id == bindparam("key_id"))
+)
 
 
 class Verification(NamedTuple):

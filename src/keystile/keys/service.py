@@ -131,7 +131,8 @@ class KeyManager:
         now = self.clock()
         issued = await self._issue(owner_id=owner_id, spec=spec, expires_at=_expiry(spec, now), now=now)
         audit.record(self.session, at=now, action="key.created", actor_id=owner_id, api_key_id=issued.row.id, ip=ip)
-        await self.session.commit()
+        # Announced like any change: other instances' indexes of existing key_ids learn it (keys/key_ids.py).
+        await self._commit_and_announce([issued.row])
         return issued
 
     async def update(self, row: ApiKey, changes: KeyUpdate, *, actor_id: int, ip: str | None) -> None:
@@ -201,7 +202,7 @@ class KeyManager:
         issued = await self._issue(
             owner_id=row.user_id, spec=spec, expires_at=row.expires_at, now=now, rotated_from=row.id
         )
-        changed = [row]
+        changed = [row, issued.row]  # the successor is a new key: announced like a created one
         if row.quota_remaining is not None:
             # One balance for both keys: it moves to the new key, and the old one spends from it until the grace
             # ends. This process's unspent lease goes with it. Older keys of the chain still in their grace follow.
