@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query, Request, Response
 from keystile.asgi import HEADER_NAME, Refusal, check_request, rate_limit_fields
 from keystile.fastapi import http_exception
 from keystile.instance import keystile_of
+from keystile.responses import API_KEY_ANSWERS
 
 router = APIRouter(prefix="/v1", tags=["gateways"])
 
@@ -31,13 +32,6 @@ _KEY_FIELD = HEADER_NAME.lower()
 # ("or query ?api_key=") would be wrong here, where the query is never read.
 HEADER_REQUIRED = Refusal(401, f"API key required (header {HEADER_NAME})", {"WWW-Authenticate": "APIKey"})
 
-# The answers of `keystile.fastapi`'s dependency, each a `{"detail": str}` body (as in keystile.data).
-_DETAIL = {
-    "application/json": {
-        "schema": {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
-    }
-}
-_RETRY_AFTER = {"description": "Seconds to wait", "schema": {"type": "integer"}}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A valid key: who it is, for the gateway to pass to its upstream. No body.",
@@ -52,22 +46,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
             "RateLimit": {"description": "Where the key stands in its window", "schema": {"type": "string"}},
         },
     },
-    401: {
-        "description": "Missing or invalid API key (no X-Keystile-* field)",
-        "content": _DETAIL,
-        "headers": {"WWW-Authenticate": {"description": "`APIKey`", "required": True, "schema": {"type": "string"}}},
-    },
-    403: {"description": "The key lacks a required scope, or is not allowed from this address", "content": _DETAIL},
-    429: {
-        "description": "Rate limit exceeded or too many failed attempts (with `Retry-After`), or quota exhausted",
-        "content": _DETAIL,
-        "headers": {"Retry-After": _RETRY_AFTER},
-    },
-    503: {
-        "description": "Rate limiting unavailable (RATE_LIMIT_FAILURE=closed), or the database unavailable",
-        "content": _DETAIL,
-        "headers": {"Retry-After": _RETRY_AFTER},
-    },
+    **API_KEY_ANSWERS,  # the dependency's refusals, none with an X-Keystile-* field
 }
 
 
