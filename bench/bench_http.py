@@ -1,6 +1,6 @@
 """HTTP throughput of a key-authenticated route against an unauthenticated route of the same server.
 
-    .venv/bin/python bench/bench_http.py [--seconds 5] [--rounds 3]
+    .venv/bin/python bench/bench_http.py [--seconds 5] [--rounds 3] [--workers-only]
 
 Serves keystile's app exactly as `keystile serve` does (migrated SQLite database, uvicorn with the same options, one
 worker) and loads it with `wrk` (install it with `apt-get install -y wrk`): `GET /data/export` with a valid key whose
@@ -10,15 +10,23 @@ targets must fit under. Rounds alternate the routes so that noise from other wor
 figures are medians over rounds. Run twice: rate limits in the process, then in Redis (`KEYSTILE_BENCH_REDIS_URL`,
 default database 14 on localhost, flushed first).
 
-Targets: authenticated requests/s at least 85 % of unauthenticated with in-process limits, 70 % with Redis.
+Then, with Redis limits, the scaling of `keystile serve --workers N` itself: `GET /data/export` served by one worker
+and by two, both servers up at once (same database, same Redis) and measured in alternating rounds. The machine has
+two cores and `wrk -t1` needs part of one: the figures include how much (`wrk CPU`) and how busy the machine was.
+`--workers-only` runs this comparison alone.
+
+Targets: authenticated requests/s at least 85 % of unauthenticated with in-process limits, 70 % with Redis; two
+workers at least 1.6 x one worker.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -39,14 +47,16 @@ BENCH_DIR = Path(__file__).resolve().parent
 REDIS_URL = os.environ.get("KEYSTILE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 TARGETS = {"in-process": 0.85, "redis": 0.70}
 VERIFY_TARGETS = {"in-process": 0.60, "redis": 0.50}
+WORKERS_TARGET = 1.6
 CONNECTIONS = 16
 PASSWORD = "bench-password-123"
 
 
 class Server:
-    """bench/http_app.py served like `keystile serve` on a free port; stopped with SIGTERM like any deployment."""
+    """bench/http_app.py served like `keystile serve` on a free port, or with `workers`, `keystile serve --workers
+    <workers>` itself (keystile's own routes only); stopped with SIGTERM like any deployment."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int | None = None) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -58,9 +68,12 @@ class Server:
             "import uvicorn; from keystile.cli import SERVE_OPTIONS; "
             f"uvicorn.run('http_app:create', port={self.port}, workers=1, log_level='warning', **SERVE_OPTIONS)"
         )
+        command = [sys.executable, "-c", serve]
+        if workers is not None:
+            command = [str(KEYSTILE), "serve", "--port", str(self.port), "--workers", str(workers)]
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", serve],
+                command,
                 env=env | {"PYTHONPATH": str(BENCH_DIR)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -76,6 +89,17 @@ class Server:
                 time.sleep(0.05)
         self.stop()
         raise SystemExit(f"keystile serve not ready in 60 s:\n{log_path.read_text()}")
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server process and its workers (/proc)."""
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError):  # a process that ended meanwhile
+                pid, rest = stat.read_text().split(" ", 1)
+                fields = rest.rsplit(")", 1)[1].split()
+                if self.process.pid in (int(pid), int(fields[1])):
+                    ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -128,8 +152,15 @@ def _millis(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
+def machine_busy() -> tuple[int, int]:
+    """CPU time of the whole machine so far, (busy, total) in clock ticks (/proc/stat; idle and iowait are not busy)."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
 def wrk(url: str, seconds: int, headers: dict[str, str] | None = None, body: str | None = None) -> dict[str, float]:
-    """One wrk run: GET, or POST of the JSON `body` (wrk takes a request body only from a Lua script)."""
+    """One wrk run: GET, or POST of the JSON `body` (wrk takes a request body only from a Lua script). Also the CPU wrk
+    itself used (in cores) and how busy the machine was meanwhile (0-1), for the multi-worker comparison."""
     command = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
     for name, value in (headers or {}).items():
         command += ["-H", f"{name}: {value}"]
@@ -139,16 +170,22 @@ def wrk(url: str, seconds: int, headers: dict[str, str] | None = None, body: str
             script.write('wrk.headers["Content-Type"] = "application/json"\n')
     if body is not None:
         command += ["-s", script.name]
+    before, busy_before = resource.getrusage(resource.RUSAGE_CHILDREN), machine_busy()
+    started = time.monotonic()
     try:
         output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
     finally:
         os.unlink(script.name)
+    elapsed = time.monotonic() - started
+    after, busy_after = resource.getrusage(resource.RUSAGE_CHILDREN), machine_busy()
+    wrk_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / elapsed
+    machine = (busy_after[0] - busy_before[0]) / max(1, busy_after[1] - busy_before[1])
     if "Non-2xx" in output:
         raise SystemExit(f"wrk saw non-2xx answers from {url}:\n{output}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     p50 = _millis(re.search(r"\s50%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
     p99 = _millis(re.search(r"\s99%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99}
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "wrk_cpu": wrk_cpu, "machine_busy": machine}
 
 
 UNAUTHENTICATED = "GET /healthz (no auth)"
@@ -200,6 +237,61 @@ def run_mode(mode: str, env: dict[str, str], seconds: int, rounds: int) -> dict[
     }
 
 
+def run_workers(seconds: int, rounds: int) -> dict[str, Any]:
+    """`GET /data/export` with Redis limits from `keystile serve --workers 1` and `--workers 2`, in alternating rounds;
+    the ratio is the median over rounds of two workers' req/s over one worker's in the same round."""
+    counts = (1, 2)
+    load_before = os.getloadavg()[0]  # anything else running would take the second core from the second worker
+    env = {"KEYSTILE_REDIS_URL": REDIS_URL, "KEYSTILE_LOG_LEVEL": "warning", "KEYSTILE_SECRET_KEY": SECRET_KEY}
+    with tempfile.TemporaryDirectory() as directory:
+        env |= {"KEYSTILE_DATABASE_URL": f"sqlite+aiosqlite:///{directory}/keystile.db"}
+        servers: list[Server] = []
+        try:
+            for workers in counts:  # one after the other: the first creates the database, the second finds it
+                servers.append(Server(env, Path(directory) / f"server-{workers}.log", workers=workers))
+            key, _ = issue_keys(servers[0].url)  # one database, one Redis: the key works on both
+            for server in servers:
+                wrk(f"{server.url}/data/export", 3, {"X-API-Key": key})  # warm up every worker
+            samples: dict[int, list[dict[str, float]]] = {workers: [] for workers in counts}
+            for _ in range(rounds):
+                for workers, server in zip(counts, servers, strict=True):
+                    cpu = server.cpu_seconds()
+                    run = wrk(f"{server.url}/data/export", seconds, {"X-API-Key": key})
+                    samples[workers].append(run | {"server_cpu": (server.cpu_seconds() - cpu) / seconds})
+        finally:
+            for server in servers:
+                server.stop()
+    figures = {
+        workers: {metric: statistics.median(run[metric] for run in runs) for metric in runs[0]}
+        | {"rps_rounds": [round(run["rps"]) for run in runs]}
+        for workers, runs in samples.items()
+    }
+    ratio = statistics.median(two["rps"] / one["rps"] for one, two in zip(samples[1], samples[2], strict=True))
+    return {
+        "route": "GET /data/export (API key, Redis limits)",
+        "workers": figures,
+        "ratio": round(ratio, 3),
+        "load_average_before": load_before,
+        "min_ratio": WORKERS_TARGET,
+        "pass": ratio >= WORKERS_TARGET,
+    }
+
+
+def print_workers(outcome: dict[str, Any]) -> None:
+    columns = f"{'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'server CPU':>10} {'wrk CPU':>8} {'machine':>8}"
+    print(f"{'workers':<8} {'route':<42} {columns}")
+    for workers, figures in outcome["workers"].items():
+        print(
+            f"{workers:<8} {outcome['route']:<42} {figures['rps']:>7.0f} {figures['p50_ms']:>7.2f}"
+            f" {figures['p99_ms']:>7.2f} {figures['server_cpu']:>10.0%} {figures['wrk_cpu']:>8.0%}"
+            f" {figures['machine_busy']:>8.0%}"
+        )
+    load = outcome["load_average_before"]
+    print(f"CPU in % of one core; machine: busy share of all cores, every process; load average before: {load:.2f}")
+    verdict = "PASS" if outcome["pass"] else "FAIL"
+    print(f"2 workers / 1 worker = {outcome['ratio']:.2f} x (target >= {outcome['min_ratio']} x) {verdict}")
+
+
 def redis_available() -> bool:
     import redis
 
@@ -217,17 +309,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=5, help="length of one wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per route")
+    parser.add_argument("--workers-only", action="store_true", help="only 1 worker vs 2 workers (Redis limits)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk (Debian/Ubuntu) or see github.com/wg/wrk")
 
-    modes = {"in-process": run_mode("in-process", {"KEYSTILE_REDIS_URL": ""}, args.seconds, args.rounds)}
+    modes: dict[str, Any] = {}
+    if not args.workers_only:
+        modes["in-process"] = run_mode("in-process", {"KEYSTILE_REDIS_URL": ""}, args.seconds, args.rounds)
+    workers = None
     if redis_available():
-        modes["redis"] = run_mode("redis", {"KEYSTILE_REDIS_URL": REDIS_URL}, args.seconds, args.rounds)
+        if not args.workers_only:
+            modes["redis"] = run_mode("redis", {"KEYSTILE_REDIS_URL": REDIS_URL}, args.seconds, args.rounds)
+        redis_available()  # flushed again: the worker comparison starts from an empty Redis too
+        workers = run_workers(args.seconds, args.rounds)
 
     info = machine()
     print(f"machine: {info['nproc']} CPUs, {info['cpu']}, Python {info['python']}; wrk -t1 -c{CONNECTIONS}")
-    print(f"{'limits':<11} {'route':<42} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'vs /healthz':>11}")
+    if modes:
+        print(f"{'limits':<11} {'route':<42} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'vs /healthz':>11}")
     for mode, outcome in modes.items():
         for route, figures in outcome["routes"].items():
             print(
@@ -240,7 +340,10 @@ def main() -> None:
         verdict = "PASS" if outcome["verify_pass"] else "FAIL"
         target = f"(target >= {outcome['verify_min_ratio']:.0%}) {verdict}"
         print(f"{mode:<11} verify / unauthenticated = {outcome['verify_ratio']:.1%} {target}")
-    print(json.dumps({"bench": "http", "machine": info, "connections": CONNECTIONS, "modes": modes}))
+    if workers is not None:
+        print_workers(workers)
+    summary = {"bench": "http", "machine": info, "connections": CONNECTIONS, "modes": modes, "workers": workers}
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

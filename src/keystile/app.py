@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -21,6 +23,7 @@ from keystile.keys import admin_router, verify_router
 from keystile.keys import router as keys_router
 from keystile.limits import RequestLimits
 from keystile.logs import install_redaction
+from keystile.metrics import WORKER_METRICS_DIR, Metrics
 from keystile.ratelimit.guard import LimiterClosedError
 from keystile.request_id import RequestContext
 from keystile.settings import Settings
@@ -79,8 +82,21 @@ def create_served_app() -> FastAPI:
     process does this: an app that embeds keystile tunes its own process's collector.
     """
     app = create_app()
-    app.router.lifespan_context = _with_startup_frozen(app.router.lifespan_context)
+    lifespan = app.router.lifespan_context
+    directory = os.environ.get(WORKER_METRICS_DIR)
+    if directory:  # one of several workers: /metrics answers the totals over all of them
+        lifespan = _with_metrics_shared(lifespan, app.state.keystile.metrics, Path(directory))
+    app.router.lifespan_context = _with_startup_frozen(lifespan)
     return app
+
+
+def _with_metrics_shared(lifespan: Lifespan[Any], metrics: Metrics, directory: Path) -> Lifespan[Any]:
+    @contextlib.asynccontextmanager
+    async def shared(app: Any) -> AsyncIterator[Any]:
+        async with lifespan(app) as state, metrics.shared(directory):
+            yield state
+
+    return shared
 
 
 def _with_startup_frozen(lifespan: Lifespan[Any]) -> Lifespan[Any]:

@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+import sys
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import redis.asyncio as redis
 import typer
@@ -30,12 +32,16 @@ from keystile.instance import Keystile
 from keystile.keys.schemas import KeyCreate
 from keystile.keys.service import KeyNotFoundError
 from keystile.logs import uvicorn_log_config
+from keystile.metrics import worker_directory
 from keystile.migrations import SchemaState
 from keystile.ratelimit.guard import LimiterClosedError
 from keystile.ratelimit.policy import RateLimitPolicy
 from keystile.settings import Settings
 from keystile.users import service as users_service
 from keystile.users.schemas import UserCreate
+
+if TYPE_CHECKING:
+    import uvicorn  # imported when serving: other commands start faster without it
 
 app = typer.Typer(help="keystile: self-hosted API keys.", no_args_is_help=True, add_completion=False)
 users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
@@ -301,15 +307,68 @@ def serve(
     if settings.redis_url:
         _warn_if_redis_is_down(settings.redis_url, settings.rate_limit_failure)
     app_factory = "keystile.app:create_served_app"
-    uvicorn.run(
-        app_factory,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level,
-        log_config=uvicorn_log_config(settings.log_level, settings.log_format),
-        **SERVE_OPTIONS,
-    )
+    options = {"host": host, "port": port, "workers": workers, "log_level": settings.log_level, **SERVE_OPTIONS}
+    options["log_config"] = uvicorn_log_config(settings.log_level, settings.log_format)
+    with worker_directory(workers):  # where several workers meet to sum their /metrics
+        if workers > 1 and sys.platform == "linux":
+            _run_workers(uvicorn.Config(app_factory, **options))
+        else:
+            uvicorn.run(app_factory, **options)
+
+
+def _run_workers(config: uvicorn.Config) -> None:
+    """uvicorn's worker supervisor, each worker listening on a socket of its own.
+
+    `uvicorn.run` binds one socket and hands it to every worker: one accept queue, emptied by whichever worker wakes
+    first. A client that opens its connections together (a proxy's pool, a load generator) then lands on one worker
+    while the others idle: two workers served no more than one in bench_http. Each worker's own SO_REUSEPORT
+    socket has its own queue, and Linux spreads new connections across them by hash. This process keeps one more
+    socket bound (never listening) so that the address stays ours while it serves.
+    """
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    logger = logging.getLogger("uvicorn.error")
+    try:
+        held = _claim(config.host, config.port)
+    except OSError as error:
+        logger.error(error)  # as uvicorn.run reports an address in use
+        sys.exit(STARTUP_FAILURE)
+    logger.info("Uvicorn running on http://%s:%d (a socket per worker; press CTRL+C to quit)", config.host, config.port)
+    try:
+        Multiprocess(config, sockets=[held]).run()
+    finally:
+        held.close()
+
+
+def _claim(host: str, port: int) -> _WorkerListener:
+    """The address, bound for this run; OSError when anything else listens there. A plain bind comes first because
+    SO_REUSEPORT alone would let a second `keystile serve` of the same user join the first and take half its traffic."""
+    with socket.socket(_family(host)) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: connections in TIME_WAIT are fine
+        probe.bind((host, port))
+    return _reuse_port_socket(host, port)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class _WorkerListener(socket.socket):
+    """Passed to each worker, where unpickling makes it a new socket bound to the same address (its own accept queue)
+    instead of the copy of this one that multiprocessing would make."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        host, port = self.getsockname()[:2]
+        return _reuse_port_socket, (host, port)
+
+
+def _reuse_port_socket(host: str, port: int) -> _WorkerListener:
+    sock = _WorkerListener(_family(host))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
 
 
 def _warn_if_redis_is_down(redis_url: str, failure_mode: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from keystile.deps import KeystileDep
 
@@ -26,4 +26,5 @@ async def readyz(keystile: KeystileDep) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
 async def metrics(keystile: KeystileDep) -> Response:
-    return Response(generate_latest(keystile.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """This process's counts; under `keystile serve --workers N`, the totals over every worker (keystile.metrics)."""
+    return Response(keystile.metrics.render(), media_type=CONTENT_TYPE_LATEST)
