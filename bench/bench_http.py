@@ -4,11 +4,12 @@
 
 Serves keystile's app exactly as `keystile serve` does (migrated SQLite database, uvicorn with the same options, one
 worker) and loads it with `wrk` (install it with `apt-get install -y wrk`): `GET /data/export` with a valid key whose
-rate limit (1e9/60) never triggers, against `GET /healthz`. The app also carries the reference routes of
-bench/http_app.py (a no-op dependency; the same plus one Redis PING), measured alongside to show the ceiling the
-targets must fit under. Rounds alternate the routes so that noise from other work on the machine hits all alike; the
-figures are medians over rounds. Run twice: rate limits in the process, then in Redis (`KEYSTILE_BENCH_REDIS_URL`,
-default database 14 on localhost, flushed first).
+rate limit (1e9/60) never triggers, against `GET /healthz`; and the same route with a key of an identity (API.md
+section 8) whose limit, like the key's own, never triggers, so each request passes two counters (on Redis, in one
+script call). The app also carries the reference routes of bench/http_app.py (a no-op dependency; the same plus one
+Redis PING), measured alongside to show the ceiling the targets must fit under. Rounds alternate the routes so that
+noise from other work on the machine hits all alike; the figures are medians over rounds. Run twice: rate limits in
+the process, then in Redis (`KEYSTILE_BENCH_REDIS_URL`, default database 14 on localhost, flushed first).
 
 Then, with Redis limits, the scaling of `keystile serve --workers N` itself: `GET /data/export` served by one worker
 and by two, both servers up at once (same database, same Redis) and measured in alternating rounds. The machine has
@@ -111,8 +112,9 @@ class Server:
                 self.process.wait()
 
 
-def issue_keys(url: str) -> tuple[str, str]:
-    """A key to present, and a caller key holding `keys:verify` for the verify route (both never rate limited)."""
+def issue_keys(url: str) -> tuple[str, str, str]:
+    """A key to present, a caller key holding `keys:verify` for the verify route, and a key of an identity (its own
+    limit and the identity's); none ever rate limited."""
     with httpx.Client(base_url=url, timeout=10) as http:
         http.post("/auth/register", json={"email": "bench@example.com", "password": PASSWORD}).raise_for_status()
         token = http.post("/auth/token", data={"username": "bench@example.com", "password": PASSWORD})
@@ -141,7 +143,24 @@ def issue_keys(url: str) -> tuple[str, str]:
         answer = http.post("/v1/keys/verify", json={"key": key}, headers={"X-API-Key": verifier})
         if answer.status_code != 200 or answer.json()["code"] != "VALID":
             raise SystemExit(f"setup error: verify answered {answer.status_code} {answer.text}")
-        return key, verifier
+        return key, verifier, issue_identity_key(http, token.json()["access_token"])
+
+
+def issue_identity_key(http: httpx.Client, token: str) -> str:
+    """A key of an identity, both with a rate limit that never triggers: every request passes two counters."""
+    never = {"limit": 1_000_000_000, "window_seconds": 60}
+    bearer = {"Authorization": f"Bearer {token}"}
+    identity = http.post("/identities", json={"external_id": "bench-customer", "rate_limit": never}, headers=bearer)
+    identity.raise_for_status()
+    created = http.post(
+        "/keys/", json={"name": "customer", "rate_limit": never, "identity_id": identity.json()["id"]}, headers=bearer
+    )
+    created.raise_for_status()
+    key = str(created.json()["key"])
+    check = http.get("/data/export", headers={"X-API-Key": key})
+    if check.status_code != 200 or '"identity";q=' not in check.headers.get("RateLimit-Policy", ""):
+        raise SystemExit(f"setup error: /data/export with an identity key answered {check.status_code} {check.headers}")
+    return key
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -190,6 +209,7 @@ def wrk(url: str, seconds: int, headers: dict[str, str] | None = None, body: str
 
 UNAUTHENTICATED = "GET /healthz (no auth)"
 AUTHENTICATED = "GET /data/export (API key)"
+IDENTITY = "GET /data/export (identity key)"
 VERIFY = "POST /v1/keys/verify (caller + target key)"
 
 
@@ -198,10 +218,11 @@ def run_mode(mode: str, env: dict[str, str], seconds: int, rounds: int) -> dict[
         env = env | {"KEYSTILE_DATABASE_URL": f"sqlite+aiosqlite:///{directory}/keystile.db"}
         server = Server(env, Path(directory) / "server.log")
         try:
-            key, verifier = issue_keys(server.url)
+            key, verifier, identity_key = issue_keys(server.url)
             routes: dict[str, tuple[str, dict[str, str] | None, str | None]] = {
                 UNAUTHENTICATED: (f"{server.url}/healthz", None, None),
                 AUTHENTICATED: (f"{server.url}/data/export", {"X-API-Key": key}, None),
+                IDENTITY: (f"{server.url}/data/export", {"X-API-Key": identity_key}, None),
                 VERIFY: (f"{server.url}/v1/keys/verify", {"X-API-Key": verifier}, json.dumps({"key": key})),
                 "reference: no-op dependency": (f"{server.url}/bench/dependency", None, None),
             }
@@ -249,7 +270,7 @@ def run_workers(seconds: int, rounds: int) -> dict[str, Any]:
         try:
             for workers in counts:  # one after the other: the first creates the database, the second finds it
                 servers.append(Server(env, Path(directory) / f"server-{workers}.log", workers=workers))
-            key, _ = issue_keys(servers[0].url)  # one database, one Redis: the key works on both
+            key, _, _ = issue_keys(servers[0].url)  # one database, one Redis: the key works on both
             for server in servers:
                 wrk(f"{server.url}/data/export", 3, {"X-API-Key": key})  # warm up every worker
             samples: dict[int, list[dict[str, float]]] = {workers: [] for workers in counts}

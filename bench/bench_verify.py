@@ -20,6 +20,12 @@ only, nothing is written) a flood must run at >= 0.75 of the valid key's through
 Redis every made-up key is one read. Reads are counted with a `before_cursor_execute` listener, per 1,000
 verifications. The index refuses only once every process announces its creations (`key_ids.CREATIONS_ANNOUNCED`);
 the bench turns that on for its Redis instance, whose keys all exist before its index is loaded.
+
+Identities (API.md section 8): cache hits of keys that belong to an identity with a rate limit (1e9/60, never
+refusing), in the process and on Redis, beside the same rows for a key without one. A key of an identity passes its own
+counter and the identity's together, so the Redis rows also count script calls (round trips to Redis) per 1,000
+verifications, by wrapping the limiter's script object: one at a time a verification must make exactly one, 64 at once
+the batch shares one. These rows write counters to the Redis database (each expires a second after its 60 s window).
 """
 
 from __future__ import annotations
@@ -39,18 +45,22 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keystile import migrations
+from keystile.identities.schemas import IdentityCreate
 from keystile.instance import Keystile
 from keystile.keys import format as key_format
 from keystile.keys import key_ids
 from keystile.keys.records import Outcome
 from keystile.keys.schemas import KeyCreate
+from keystile.ratelimit.redis import RedisRateLimiter
 from keystile.settings import Settings
 from keystile.users import service as users_service
+from keystile.users.models import User
 
 SECRET_KEY = "bench-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 POSTGRES_ADMIN_URL = os.environ.get("KEYSTILE_BENCH_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -65,6 +75,15 @@ COLD_CASES = {"cold_sqlite": "cache miss (SQLite)", "cold_postgres": "cache miss
 FLOOD = "flood of made-up keys, Redis index (x64)"
 FLOOD_VALID = "valid key, cached (x64)"
 FLOOD_NO_REDIS = "flood of made-up keys, no Redis (x64)"
+NEVER_REFUSING = {"limit": 1_000_000_000, "window_seconds": 60}
+HIT_LIMITED = "cache hit + in-process rate limit"
+HIT_IDENTITY = "cache hit, identity rate limit"
+HIT_BOTH = "cache hit, key + identity rate limits"
+REDIS_KEY = "cache hit + Redis rate limit"
+REDIS_IDENTITY = "cache hit, identity Redis rate limit"
+REDIS_BOTH = "cache hit, key + identity Redis rate limits"
+REDIS_KEY_AT_ONCE = "cache hit + Redis rate limit (x64)"
+REDIS_BOTH_AT_ONCE = "cache hit, key + identity Redis limits (x64)"
 
 
 def machine() -> dict[str, Any]:
@@ -113,18 +132,46 @@ async def started_keystile(
     return await stack.enter_async_context(keystile)
 
 
+async def bench_user(keystile: Keystile, session: AsyncSession, email: str) -> User:
+    """The user `email`, created on first use."""
+    user = await users_service.get_by_email(session, email)
+    if user is None:
+        user = await users_service.create_user(
+            session, email=email, password="bench-password", passwords=keystile.passwords, now=keystile.clock()
+        )
+    return user
+
+
 async def issue_keys(keystile: Keystile, count: int, email: str = "bench@example.com", **spec: Any) -> list[str]:
     """Create a user and `count` keys through the service layer, as `keystile keys create` does; the raw keys."""
     async with keystile.session_factory() as session:
-        user = await users_service.get_by_email(session, email)
-        if user is None:
-            user = await users_service.create_user(
-                session, email=email, password="bench-password", passwords=keystile.passwords, now=keystile.clock()
-            )
+        user = await bench_user(keystile, session, email)
         keys = keystile.key_manager(session)
         return [
             (await keys.create(owner_id=user.id, spec=KeyCreate(name=f"bench-{i}", **spec))).raw for i in range(count)
         ]
+
+
+async def limited_keys(keystile: Keystile) -> dict[str, str]:
+    """Keys with rate limits that never refuse: "key" (its own limit, no identity), and two keys of an identity with
+    such a limit: "identity" (no limit of its own) and "both" (its own limit too, so it passes two counters)."""
+    (limited,) = await issue_keys(keystile, 1, email="limited@example.com", rate_limit=NEVER_REFUSING)
+    await expect(keystile, limited, Outcome.VALID)
+    email = "identities@example.com"
+    async with keystile.session_factory() as session:
+        user = await bench_user(keystile, session, email)
+        identity = await keystile.identity_manager(session).create(
+            owner_id=user.id, spec=IdentityCreate(external_id="bench-customer", rate_limit=NEVER_REFUSING)
+        )
+        identity_id = identity.id
+    specs: dict[str, dict[str, Any]] = {"identity": {}, "both": {"rate_limit": NEVER_REFUSING}}
+    issued = {
+        name: (await issue_keys(keystile, 1, email=email, identity_id=identity_id, **spec))[0]
+        for name, spec in specs.items()
+    }
+    for key in issued.values():
+        await expect(keystile, key, Outcome.VALID)
+    return {"key": limited, **issued}
 
 
 def wrong_checksum(key: str) -> str:
@@ -251,6 +298,30 @@ async def reads_per_1000(keystile: Keystile, op: Op) -> float:
     return reads * 1000 / (batches * FLOOD_BATCH)
 
 
+async def script_calls_per_1000(keystile: Keystile, op: Op, batch: int) -> float:
+    """Redis round trips per 1,000 verifications: the Redis limiter's script calls (ratelimit/redis.py sends each
+    batch as one), counted by wrapping its script object for the duration."""
+    limiter = keystile.limits._limiter  # the bench looks inside, on purpose
+    if not isinstance(limiter, RedisRateLimiter):
+        raise SystemExit(f"setup error: the instance limits in {type(limiter).__name__}, not Redis")
+    script = limiter._script
+    calls = 0
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await script(*args, **kwargs)
+
+    limiter._script = cast(Any, counted)
+    try:
+        iterations = 200
+        for _ in range(iterations):
+            await op()
+    finally:
+        limiter._script = script
+    return calls * 1000 / (iterations * batch)
+
+
 async def index_current(keystile: Keystile) -> None:
     await asyncio.wait_for(keystile.invalidator.subscribed.wait(), 5)
     for _ in range(500):
@@ -261,9 +332,10 @@ async def index_current(keystile: Keystile) -> None:
 
 
 async def flood_cases(
-    stack: contextlib.AsyncExitStack, url: str, plain: Keystile
-) -> tuple[list[Case], dict[str, float]]:
-    """The flood rows: one instance subscribed to Redis (the index refuses), and `plain` without Redis (reads)."""
+    stack: contextlib.AsyncExitStack, url: str, plain: Keystile, limited: dict[str, str]
+) -> tuple[list[Case], dict[str, float], dict[str, float]]:
+    """The flood rows: one instance subscribed to Redis (the index refuses), and `plain` without Redis (reads). Then
+    the same Redis instance's rate limits for `limited` keys, with Redis round trips counted."""
     valid = (await issue_keys(plain, 1, email="flood@example.com"))[0]
     pool = made_up_keys(FLOOD_POOL)
     cases = [Case(FLOOD_NO_REDIS, at_once(plain, itertools.cycle(pool)), batch=FLOOD_BATCH)]
@@ -274,7 +346,7 @@ async def flood_cases(
         await index_current(indexed)
     except (OSError, TimeoutError) as error:
         print(f"Redis flood rows skipped: {error!r}", file=sys.stderr)
-        return cases, reads
+        return cases, reads, {}
     finally:
         key_ids.CREATIONS_ANNOUNCED = False
     await expect(indexed, valid, Outcome.VALID)
@@ -282,10 +354,22 @@ async def flood_cases(
     cached = Case(FLOOD_VALID, at_once(indexed, itertools.repeat(valid)), batch=FLOOD_BATCH)
     reads[FLOOD] = await reads_per_1000(indexed, flood.op)
     reads[FLOOD_VALID] = await reads_per_1000(indexed, cached.op)
-    return [flood, cached, *cases], reads
+    redis_limits = [
+        Case(REDIS_KEY, warm(indexed, limited["key"])),
+        Case(REDIS_IDENTITY, warm(indexed, limited["identity"])),
+        Case(REDIS_BOTH, warm(indexed, limited["both"])),
+        Case(REDIS_KEY_AT_ONCE, at_once(indexed, itertools.repeat(limited["key"])), batch=FLOOD_BATCH),
+        Case(REDIS_BOTH_AT_ONCE, at_once(indexed, itertools.repeat(limited["both"])), batch=FLOOD_BATCH),
+    ]
+    both = await indexed.verifier.verify(limited["both"])
+    if both.ratelimit is None or both.identity_ratelimit is None:
+        raise SystemExit(f"setup error: the key's and the identity's Redis rate limits did not both decide: {both}")
+    round_trips = {case.name: await script_calls_per_1000(indexed, case.op, case.batch) for case in redis_limits}
+    return [flood, cached, *cases, *redis_limits], reads, round_trips
 
 
-async def cases_for(keystile: Keystile, label: str) -> list[Case]:
+async def cases_for(keystile: Keystile, label: str, limited: dict[str, str] | None = None) -> list[Case]:
+    """Cache misses on `keystile`'s database; with `limited` (limited_keys), the cache-hit rows too."""
     (valid,) = await issue_keys(keystile, 1)
     unknown = key_format.generate_key("ks").raw
     await expect(keystile, valid, Outcome.VALID)
@@ -294,18 +378,16 @@ async def cases_for(keystile: Keystile, label: str) -> list[Case]:
         Case(f"cache miss ({label})", cold(keystile, valid)),
         Case(f"unknown key_id, not cached ({label})", cold(keystile, unknown)),
     ]
-    if label != "SQLite":
+    if limited is None:
         return cases
-    (limited,) = await issue_keys(
-        keystile, 1, email="limited@example.com", rate_limit={"limit": 1_000_000_000, "window_seconds": 60}
-    )
-    await expect(keystile, limited, Outcome.VALID)
     malformed, wrong = wrong_checksum(valid), wrong_secret(valid)
     await expect(keystile, malformed, Outcome.NOT_FOUND)
     await expect(keystile, wrong, Outcome.NOT_FOUND)
     return [
         Case("cache hit", warm(keystile, valid)),
-        Case("cache hit + in-process rate limit", warm(keystile, limited)),
+        Case(HIT_LIMITED, warm(keystile, limited["key"])),
+        Case(HIT_IDENTITY, warm(keystile, limited["identity"])),
+        Case(HIT_BOTH, warm(keystile, limited["both"])),
         Case("malformed", warm(keystile, malformed)),
         Case("unknown key_id (cached)", warm(keystile, unknown)),
         Case("wrong secret", warm(keystile, wrong)),
@@ -324,8 +406,9 @@ async def main() -> None:
         url = f"sqlite+aiosqlite:///{directory}/bench.db"
         await asyncio.to_thread(migrations.upgrade, url)
         sqlite = await started_keystile(stack, url)
-        cases += await cases_for(sqlite, "SQLite")
-        flooding, reads = await flood_cases(stack, url, sqlite)
+        limited = await limited_keys(sqlite)  # before the Redis instance loads its key_id index
+        cases += await cases_for(sqlite, "SQLite", limited)
+        flooding, reads, round_trips = await flood_cases(stack, url, sqlite, limited)
         cases += flooding
         try:
             url = await stack.enter_async_context(postgres_database("keystile_bench_verify"))
@@ -350,6 +433,11 @@ async def main() -> None:
             micros = results[name][0]
             verdicts[target] = {"us": round(micros, 1), "max_us": MAX_COLD_MICROS, "pass": micros <= MAX_COLD_MICROS}
             shown[name] = f"<= {MAX_COLD_MICROS:.0f} us"
+    if REDIS_BOTH in round_trips:
+        # The issue's bound: a key of an identity with Redis limits makes at most one round trip per request.
+        most = max(round_trips[REDIS_IDENTITY], round_trips[REDIS_BOTH])
+        verdicts["identity_round_trips"] = {"per_1000": most, "max_per_1000": 1000, "pass": most <= 1000}
+        shown[REDIS_BOTH] = "<= 1000 round trips per 1000"
     if FLOOD in results:
         throughput = results[FLOOD_VALID][0] / results[FLOOD][0]  # verifications per second, relative
         verdicts["flood"] = {
@@ -361,14 +449,16 @@ async def main() -> None:
         shown[FLOOD] = f"{throughput:.2f} of valid, >= {MIN_FLOOD_THROUGHPUT}"
     info = machine()
     print(f"machine: {info['nproc']} CPUs, {info['cpu']}, Python {info['python']}; median of {rounds} rounds")
-    print(f"{'case':<42} {'us/op':>10} {'x baseline':>11} {'reads/1000':>11}  target")
+    print(f"{'case':<44} {'us/op':>10} {'x baseline':>11} {'reads/1000':>11} {'redis/1000':>11}  target")
+    targets = [*checks.items(), *COLD_CASES.items(), ("flood", FLOOD), ("identity_round_trips", REDIS_BOTH)]
     for name, (micros, ratio) in results.items():
-        target = next((t for t, n in [*checks.items(), *COLD_CASES.items(), ("flood", FLOOD)] if n == name), None)
+        target = next((t for t, n in targets if n == name), None)
         verdict = ""
         if target is not None:
             verdict = f"{shown[name]}  {'PASS' if verdicts[target]['pass'] else 'FAIL'}"
         read = f"{reads[name]:.0f}" if name in reads else ""
-        print(f"{name:<42} {micros:>10.2f} {ratio:>10.1f}x {read:>11}  {verdict}")
+        trips = f"{round_trips[name]:.0f}" if name in round_trips else ""
+        print(f"{name:<44} {micros:>10.2f} {ratio:>10.1f}x {read:>11} {trips:>11}  {verdict}")
     print(
         json.dumps(
             {
@@ -378,6 +468,7 @@ async def main() -> None:
                 "results": {name: round(micros, 3) for name, (micros, _) in results.items()},
                 "ratios": {name: round(ratio, 2) for name, (_, ratio) in results.items()},
                 "reads_per_1000": reads,
+                "redis_round_trips_per_1000": round_trips,
                 "targets": verdicts,
             }
         )

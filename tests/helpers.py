@@ -42,6 +42,10 @@ CREATED_FIELDS = {
     "ip_allowlist",
     "metadata",
     "is_active",
+    "enabled",
+    "identity_id",
+    "quota_refill",
+    "quota_refilled_at",
 }
 READ_FIELDS = (CREATED_FIELDS - {"key"}) | {"last_used_at", "use_count", "revoked_at", "rotated_from"}
 # The fields of every answer of POST /v1/keys/verify.
@@ -56,6 +60,7 @@ VERIFY_FIELDS = {
     "expires_at",
     "ratelimit",
     "quota_remaining",
+    "identity",
 }
 
 

@@ -9,7 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 from contextlib import closing
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -219,10 +219,33 @@ def test_keys_list_shows_id_hint_name_owner_and_state_but_never_the_key(alice: C
     assert first not in output
     assert second not in output
     assert output.splitlines() == [
-        f"2\t{alice.key_row(second)['hint']}\tcli-key\towner=2\tactive",
-        f"1\t{alice.key_row(first)['hint']}\tcli-key\towner=1\trevoked",
+        f"2\t{alice.key_row(second)['hint']}\tcli-key\towner=2\tactive\tlast_used=never",
+        f"1\t{alice.key_row(first)['hint']}\tcli-key\towner=1\trevoked\tlast_used=never",
     ]
     assert alice.ok("keys", "list", "--email", "bob@example.com").splitlines() == output.splitlines()[:1]
+
+
+def test_keys_list_unused_for_days_lists_only_keys_idle_that_long(alice: Cli) -> None:
+    stale = alice.create_key()
+    fresh = alice.create_key()
+    used = alice.create_key()
+    for raw in (stale, used):  # made 100 days ago, in the format the column stores
+        row = alice.key_row(raw)
+        created = datetime.fromisoformat(row["created_at"]) - timedelta(days=100)
+        with closing(sqlite3.connect(alice.database)) as connection, connection:
+            connection.execute(
+                "UPDATE api_keys SET created_at = ? WHERE id = ?", (created.isoformat(sep=" "), row["id"])
+            )
+    alice.ok("keys", "verify", used)  # used now: not stale, however old
+
+    listed = alice.ok("keys", "list", "--unused-for-days", "90").splitlines()
+
+    assert [line.split("\t")[0] for line in listed] == [str(alice.key_row(stale)["id"])]
+    assert str(alice.key_row(fresh)["id"]) not in [line.split("\t")[0] for line in listed]
+    for bad in ("0", "-1", "3651", "x"):
+        result = alice.run("keys", "list", "--unused-for-days", bad)
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
 
 
 def test_keys_list_for_an_unknown_email_exits_1(alice: Cli) -> None:

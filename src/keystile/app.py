@@ -18,16 +18,21 @@ from keystile.audit import router as audit_router
 from keystile.docs import install_docs
 from keystile.errors import install_error_handlers
 from keystile.fastapi import limiter_unavailable
+from keystile.identities import router as identities_router
 from keystile.instance import Keystile
 from keystile.keys import admin_router, verify_router
 from keystile.keys import router as keys_router
+from keystile.leaks import router as leaks_router
 from keystile.limits import RequestLimits
 from keystile.logs import install_redaction
 from keystile.metrics import WORKER_METRICS_DIR, Metrics
 from keystile.ratelimit.guard import LimiterClosedError
 from keystile.request_id import RequestContext
 from keystile.settings import Settings
+from keystile.ui import router as dashboard
+from keystile.usage import router as usage_router
 from keystile.users import router as users_router
+from keystile.webhooks import router as webhooks_router
 
 DESCRIPTION = """\
 Self-hosted API keys: users log in with a JWT and issue named keys, shown once and stored only as a hash;
@@ -56,15 +61,20 @@ def create_app(settings: Settings | None = None, **options: Any) -> FastAPI:
     routers = (
         users_router.router,
         keys_router.router,
+        identities_router.router,
         verify_router.router,
         admin_router.router,
         forward_auth.router,
         data.router,
         audit_router.router,
+        webhooks_router.router,
+        leaks_router.router,
+        usage_router.router,
         ops.router,
     )
     for router in routers:
         app.include_router(router)
+    dashboard.install(app)  # /ui/: pages for people, not in the OpenAPI document
     app.add_middleware(RequestLimits)
     app.add_middleware(RequestContext)  # outermost: refused requests get a request id and an access line too
     app.add_exception_handler(LimiterClosedError, _limiter_closed)

@@ -32,7 +32,6 @@ from keystile.errors import DATABASE_RETRY_AFTER_SECONDS, DATABASE_UNAVAILABLE_D
 from keystile.instance import Keystile
 from keystile.keys.records import Outcome, Verification
 from keystile.net import IPAddress, client_address
-from keystile.ratelimit.base import Decision
 from keystile.ratelimit.guard import LimiterClosedError
 
 HEADER_NAME = "X-API-Key"
@@ -69,23 +68,31 @@ DATABASE_UNAVAILABLE = Refusal(503, DATABASE_UNAVAILABLE_DETAIL, {"Retry-After":
 handlers, so the refusal is made here rather than left to a handler)."""
 
 
-def rate_limit_fields(decision: Decision) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
-    """The IETF draft fields (draft-ietf-httpapi-ratelimit-headers): the policy, and where this key stands in it.
+def rate_limit_fields(verification: Verification) -> tuple[tuple[bytes, bytes], ...]:
+    """The IETF draft fields (draft-ietf-httpapi-ratelimit-headers): each policy the key passed (its own, then its
+    identity's, API.md section 8), and where the key stands in it; none when no limit applies.
 
     Raw ASGI header pairs, ready to append to a response's headers: cheaper than going through
     `response.headers`, which encodes and then searches for an existing field (bench_http).
     """
+    decision, identity = verification.ratelimit, verification.identity_ratelimit
+    if identity is None:
+        if decision is None:
+            return ()
+        return (
+            (b"ratelimit-policy", b'"key";q=%d;w=%d' % (decision.limit, decision.window_seconds)),
+            (b"ratelimit", b'"key";r=%d;t=%d' % (decision.remaining, decision.reset_seconds)),
+        )
+    named = [(b"identity", identity)] if decision is None else [(b"key", decision), (b"identity", identity)]
     return (
-        (b"ratelimit-policy", b'"key";q=%d;w=%d' % (decision.limit, decision.window_seconds)),
-        (b"ratelimit", b'"key";r=%d;t=%d' % (decision.remaining, decision.reset_seconds)),
+        (b"ratelimit-policy", b", ".join(b'"%s";q=%d;w=%d' % (n, d.limit, d.window_seconds) for n, d in named)),
+        (b"ratelimit", b", ".join(b'"%s";r=%d;t=%d' % (n, d.remaining, d.reset_seconds) for n, d in named)),
     )
 
 
-def rate_limit_headers(decision: Decision | None) -> dict[str, str]:
+def rate_limit_headers(verification: Verification) -> dict[str, str]:
     """The same fields as a dict, for the headers of a refusal."""
-    if decision is None:
-        return {}
-    return {name.decode(): value.decode() for name, value in rate_limit_fields(decision)}
+    return {name.decode(): value.decode() for name, value in rate_limit_fields(verification)}
 
 
 def _header(scope: Scope, field: bytes) -> str | None:
@@ -159,14 +166,15 @@ async def _refusal(keystile: Keystile, verification: Verification, address: IPAd
         case Outcome.IP_NOT_ALLOWED:
             return Refusal(403, "API key not allowed from this address")
         case Outcome.RATE_LIMITED:
-            assert verification.ratelimit is not None
+            refused_by = verification.binding_ratelimit
+            assert refused_by is not None
             keystile.metrics.rate_limited.labels("rate_limit").inc()
-            headers = rate_limit_headers(verification.ratelimit)
-            headers["Retry-After"] = str(verification.ratelimit.retry_after)
+            headers = rate_limit_headers(verification)
+            headers["Retry-After"] = str(refused_by.retry_after)
             return Refusal(429, "API key rate limit exceeded", headers)
         case Outcome.QUOTA_EXCEEDED:
             keystile.metrics.rate_limited.labels("quota").inc()
-            return Refusal(429, "API key quota exhausted", rate_limit_headers(verification.ratelimit))
+            return Refusal(429, "API key quota exhausted", rate_limit_headers(verification))
         case _:
             return await _failed_attempt(keystile, address)
 
@@ -246,10 +254,10 @@ class APIKeyMiddleware:
             await refusal_response(checked)(scope, receive, send)
             return
         scope.setdefault("state", {})["api_key"] = checked.key
-        if checked.ratelimit is None:
+        fields = rate_limit_fields(checked)
+        if not fields:
             await self.app(scope, receive, send)
             return
-        fields = rate_limit_fields(checked.ratelimit)
 
         async def send_with_rate_limit(message: Message) -> None:
             if message["type"] == "http.response.start":

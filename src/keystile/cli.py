@@ -15,6 +15,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -28,7 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from keystile import __version__, migrations
 from keystile.db import create_engine
+from keystile.events import replay
 from keystile.instance import Keystile
+from keystile.keys.models import ApiKey
 from keystile.keys.schemas import KeyCreate
 from keystile.keys.service import KeyNotFoundError
 from keystile.logs import uvicorn_log_config
@@ -39,6 +42,8 @@ from keystile.ratelimit.policy import RateLimitPolicy
 from keystile.settings import Settings
 from keystile.users import service as users_service
 from keystile.users.schemas import UserCreate
+from keystile.webhooks import overview
+from keystile.webhooks.models import WebhookEndpoint
 
 if TYPE_CHECKING:
     import uvicorn  # imported when serving: other commands start faster without it
@@ -48,6 +53,10 @@ users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
+webhooks_app = typer.Typer(help="Inspect webhook endpoints.", no_args_is_help=True)
+events_app = typer.Typer(help="Work with events sent to webhooks.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(events_app, name="events")
 
 T = TypeVar("T")
 
@@ -245,7 +254,8 @@ def _run(settings: Settings, work: Callable[[Keystile, AsyncSession], Awaitable[
     `_failures_explained` for what is said when it does not)."""
 
     async def run() -> T:
-        async with Keystile(settings) as keystile:
+        # No webhook delivery from a command: its events wait in the outbox for a serving process.
+        async with Keystile(settings, deliver_events=False) as keystile:
             await _require_current_schema(keystile.engine)
             async with keystile.session_factory() as session:
                 return await work(keystile, session)
@@ -458,8 +468,14 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(email: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None) -> None:
-    """List keys (never the keys themselves: id, hint, name, owner, state)."""
+def keys_list(
+    email: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None,
+    unused_for_days: Annotated[
+        int | None,
+        typer.Option(min=1, max=3650, help="Only keys not used for this many days (never used: since creation)."),
+    ] = None,
+) -> None:
+    """List keys (never the keys themselves: id, hint, name, owner, state, last used)."""
 
     async def work(keystile: Keystile, session: AsyncSession) -> list[str] | None:
         owner_id = None
@@ -468,9 +484,11 @@ def keys_list(email: Annotated[str | None, typer.Option(help="Only this user's k
             if owner is None:
                 return None
             owner_id = owner.id
-        rows = await keystile.key_manager(session).list_page(owner_id=owner_id, limit=10_000, offset=0)
+        keys = keystile.key_manager(session)
+        rows = await keys.list_page(owner_id=owner_id, limit=10_000, offset=0, unused_for_days=unused_for_days)
         return [
-            f"{row.id}\t{row.hint}\t{row.name}\towner={row.user_id}\t{'active' if row.is_active else 'revoked'}"
+            f"{row.id}\t{row.hint}\t{row.name}\towner={row.user_id}\t{_state(row)}"
+            f"\tlast_used={row.last_used_at.isoformat() if row.last_used_at else 'never'}"
             for row in rows
         ]
 
@@ -480,6 +498,12 @@ def keys_list(email: Annotated[str | None, typer.Option(help="Only this user's k
         raise typer.Exit(1)
     for line in lines:
         typer.echo(line)
+
+
+def _state(row: ApiKey) -> str:
+    if not row.is_active:
+        return "revoked"
+    return "active" if row.enabled else "disabled"
 
 
 @keys_app.command("revoke")
@@ -511,3 +535,76 @@ def keys_verify(key: Annotated[str, typer.Argument(metavar="KEY", help="The raw 
     outcome = _run(_settings(), work)
     typer.echo(outcome)
     raise typer.Exit(0 if outcome == "VALID" else 1)
+
+
+@webhooks_app.command("list")
+def webhooks_list(email: Annotated[str | None, typer.Option(help="Only this user's webhooks.")] = None) -> None:
+    """List webhook endpoints: id, owner, URL, events, enabled, deliveries pending and failed, the last attempt.
+
+    Never the signing secret.
+    """
+
+    async def work(_keystile: Keystile, session: AsyncSession) -> list[overview.EndpointOverview]:
+        owner_id = None
+        if email is not None:
+            owner = await users_service.get_by_email(session, email)
+            if owner is None:
+                raise CommandFailure(f"no user with email {email}", "`keystile webhooks list` shows every owner")
+            owner_id = owner.id
+        return await overview.overview(session, owner_id=owner_id)
+
+    endpoints = _run(_settings(), work)
+    typer.echo(overview.table(endpoints) if endpoints else "no webhooks")
+
+
+@events_app.command("replay")
+def events_replay(
+    since: Annotated[
+        str,
+        typer.Option(help="Events from this time on: ISO 8601 (2025-01-31T12:00:00Z; UTC if no offset) or 24h/7d ago."),
+    ],
+    until: Annotated[str | None, typer.Option(help="Events before this time (same forms); default: now.")] = None,
+    webhook: Annotated[
+        int | None,
+        typer.Option(metavar="ID", help="Only to this webhook endpoint; default: every enabled endpoint subscribed."),
+    ] = None,
+) -> None:
+    """Send past events again, each with the same webhook-id (its event id) as before.
+
+    Each becomes a new pending delivery, due now, its attempts and retries starting over.
+
+    It goes to --webhook, or to every enabled endpoint of the event's owner subscribed to its type.
+
+    Nothing is sent from here: a running `keystile serve` delivers them within a poll.
+
+    Events older than KEYSTILE_EVENT_RETENTION_DAYS (30) have been pruned.
+    """
+    now = datetime.now(UTC)
+    try:
+        start = replay.moment(since, now=now)
+        end = replay.moment(until, now=now) if until is not None else now
+        if start >= end:
+            raise ValueError("--since must be before --until (or before now)")
+    except ValueError as error:
+        typer.echo(f"invalid time: {error}", err=True)
+        raise typer.Exit(1) from None
+
+    async def work(keystile: Keystile, session: AsyncSession) -> replay.Replayed:
+        endpoint = None
+        if webhook is not None:
+            endpoint = await session.get(WebhookEndpoint, webhook)
+            if endpoint is None:
+                raise CommandFailure(f"no webhook with id {webhook}", "`keystile webhooks list` shows the ids")
+            if not endpoint.enabled:
+                raise CommandFailure(
+                    f"webhook {webhook} is disabled: nothing would be sent to it",
+                    f'its owner can enable it (PATCH /webhooks/{webhook} {{"enabled": true}}), then replay',
+                )
+        return await replay.replay(session, since=start, until=end, now=keystile.clock(), endpoint=endpoint)
+
+    queued = _run(_settings(), work)
+    endpoints = "endpoint" if queued.endpoints == 1 else "endpoints"
+    typer.echo(
+        f"queued {queued.deliveries} deliveries of {queued.events} events to {queued.endpoints} {endpoints}"
+        " (same webhook-id as before); a running `keystile serve` sends them"
+    )

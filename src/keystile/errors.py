@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from keystile.identities.service import IdentityConflictError, IdentityNotFoundError
 from keystile.instance import keystile_of
 from keystile.keys.service import InvalidKeySettingsError, KeyNotFoundError, KeyStateConflictError
 
@@ -52,6 +53,13 @@ def validation_error(field_name: str, message: str) -> RequestValidationError:
 
 async def _key_not_found(request: Request, exc: Exception) -> Response:
     return JSONResponse(status_code=status.HTTP_404_NOT_FOUND, content={"detail": "API key not found"})
+
+
+async def _identity_not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse(status_code=status.HTTP_404_NOT_FOUND, content={"detail": IDENTITY_NOT_FOUND_DETAIL})
+
+
+IDENTITY_NOT_FOUND_DETAIL = "Identity not found"
 
 
 async def _key_state_conflict(request: Request, exc: Exception) -> Response:
@@ -102,6 +110,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, request_validation_error)
     app.add_exception_handler(KeyNotFoundError, _key_not_found)
     app.add_exception_handler(KeyStateConflictError, _key_state_conflict)
+    app.add_exception_handler(IdentityNotFoundError, _identity_not_found)
+    app.add_exception_handler(IdentityConflictError, _key_state_conflict)
     app.add_exception_handler(InvalidKeySettingsError, _invalid_key_settings)
     for database_error in _DATABASE_ERRORS:
         app.add_exception_handler(database_error, _database_error)

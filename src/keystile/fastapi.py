@@ -62,8 +62,7 @@ class _APIKeyAuthenticator(SecurityBase):
         checked = await check_request(keystile_of(request), request.scope, security_scopes.scopes)
         if isinstance(checked, Refusal):
             raise http_exception(checked)
-        if checked.ratelimit is not None:
-            response.raw_headers.extend(rate_limit_fields(checked.ratelimit))
+        response.raw_headers.extend(rate_limit_fields(checked))
         assert checked.key is not None  # a VALID verification always carries its key
         return checked.key
 

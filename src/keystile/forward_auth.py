@@ -86,8 +86,7 @@ async def forward_auth(
             SCOPES_HEADER: " ".join(sorted(key.scopes)),
         }
     )
-    if checked.ratelimit is not None:
-        response.raw_headers.extend(rate_limit_fields(checked.ratelimit))
+    response.raw_headers.extend(rate_limit_fields(checked))
     return response
 
 

@@ -23,18 +23,22 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
-from sqlalchemy import text
+from sqlalchemy import Table, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keystile.clock import Clock, system_clock
 from keystile.db import DatabaseIncidents, create_engine, create_session_factory
+from keystile.events.runtime import EventsRuntime
+from keystile.identities.models import Identity
+from keystile.identities.service import IdentityManager
 from keystile.keys import key_ids
 from keystile.keys.cache import DEFAULT_TTL_SECONDS, SUBSCRIBED_TTL_SECONDS, KeyCache
 from keystile.keys.format import derive_pepper, key_hashers
 from keystile.keys.invalidation import Invalidator
+from keystile.keys.models import ApiKey
 from keystile.keys.quota import QuotaLedger
 from keystile.keys.service import KeyManager
 from keystile.keys.verification import KeyLoader, Verifier
@@ -60,6 +64,7 @@ class Keystile:
         passwords: Passwords | None = None,
         usage_flush_seconds: float = USAGE_FLUSH_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
+        deliver_events: bool = True,
     ) -> None:
         """`clock` tells the time of day (expiry, windows, audit); `monotonic` measures intervals (cache TTL and
         stale-if-error, retries of a failed rate-limit backend, re-reading an exhausted quota). Tests pass fakes for
@@ -81,11 +86,22 @@ class Keystile:
         self.limits = LimiterGuard(
             limiter, failure_mode=self.settings.rate_limit_failure, metrics=self.metrics, monotonic=monotonic
         )
-        self.usage = UsageRecorder(self.session_factory, incidents=self.database_incidents)
-        self.quotas = QuotaLedger(self.session_factory, monotonic=monotonic)
+        self.usage = UsageRecorder(
+            self.session_factory,
+            incidents=self.database_incidents,
+            clock=self.clock,
+            retention_days=self.settings.usage_retention_days,
+        )
+        self.quotas = QuotaLedger(self.session_factory, cast(Table, ApiKey.__table__), monotonic=monotonic)
+        self.identity_quotas = QuotaLedger(self.session_factory, cast(Table, Identity.__table__), monotonic=monotonic)
         self.key_cache = KeyCache(stale_if_error_seconds=self.settings.stale_if_error_seconds, monotonic=monotonic)
         self.invalidator = Invalidator(
-            self._forget_key, self._resubscribed, self.settings.redis_url, on_lost=self._unsubscribed
+            self._forget_key,
+            self._resubscribed,
+            self.settings.redis_url,
+            on_lost=self._unsubscribed,
+            on_identity_change=self._forget_identity,
+            on_quota_reset=self._quota_reset,
         )
         self.key_ids = key_ids.KnownKeyIds(
             self.engine,
@@ -103,6 +119,7 @@ class Keystile:
             limits=self.limits,
             default_rate_limit=self.settings.default_rate_limit,
             quotas=self.quotas,
+            identity_quotas=self.identity_quotas,
             usage=self.usage,
             metrics=self.metrics,
             clock=self.clock,
@@ -113,6 +130,16 @@ class Keystile:
             self.verifier = traced(self.verifier)
         self._usage_flush_seconds = usage_flush_seconds
         self._background: list[asyncio.Task[None]] = []
+        # Webhook delivery and the expiry scan run in serving processes; a CLI command passes deliver_events=False
+        # (its events wait in the outbox for a server).
+        self.events = EventsRuntime(
+            self.settings,
+            engine=self.engine,
+            request_sessions=self.session_factory,
+            secret_key=self.signing_key,
+            clock=self.clock,
+            deliver=deliver_events,
+        )
 
     def __repr__(self) -> str:
         return f"Keystile(database={self.engine.url.render_as_string(hide_password=True)!r})"
@@ -129,9 +156,20 @@ class Keystile:
             invalidator=self.invalidator,
         )
 
+    def identity_manager(self, session: AsyncSession) -> IdentityManager:
+        """Reads and changes of identities in `session`; every change commits and then reaches every instance."""
+        return IdentityManager(session, clock=self.clock, quotas=self.identity_quotas, invalidator=self.invalidator)
+
+    def _forget_identity(self, identity_id: int) -> None:
+        """Cached records of the identity's keys carry its limits: they go."""
+        self.key_cache.invalidate_identity(identity_id)
+
+    def _quota_reset(self, ledger: str, holder_id: int) -> None:
+        """A balance set anew (a PATCH of quota or refill, a rotation moving it): this process's lease on it is void."""
+        (self.quotas if ledger == "key" else self.identity_quotas).forget(holder_id)
+
     def _forget_key(self, key_id: str, api_key_id: int) -> None:
         self.key_cache.invalidate(key_id)
-        self.quotas.forget(api_key_id)
         self.key_ids.add(key_id)  # an announced key exists, whether it was changed or created
 
     def _resubscribed(self) -> None:
@@ -163,6 +201,7 @@ class Keystile:
             asyncio.create_task(self.usage.run_periodically(self._usage_flush_seconds)),
             asyncio.create_task(self.invalidator.listen()),
         ]
+        self._background.extend(asyncio.create_task(loop) for loop in self.events.background())
         return self
 
     async def __aexit__(
@@ -175,7 +214,9 @@ class Keystile:
         try:
             await self.usage.flush()
             await self.quotas.release_all()
+            await self.identity_quotas.release_all()
         finally:
+            await self.events.close()
             await self.key_ids.close()
             await self._key_loader.close()
             await self.invalidator.close()

@@ -39,6 +39,7 @@ BEARER_ANSWERS: Responses = {
 ADMIN_ANSWERS: Responses = BEARER_ANSWERS | {403: {"description": "Not an admin", "content": DETAIL_BODY}}
 
 KEY_NOT_FOUND: Responses = {404: {"description": "No such key, or not yours", "content": DETAIL_BODY}}
+IDENTITY_NOT_FOUND: Responses = {404: {"description": "No such identity, or not yours", "content": DETAIL_BODY}}
 
 API_KEY_ANSWERS: Responses = {
     401: {"description": "Missing or invalid API key", "content": DETAIL_BODY, "headers": challenge("`APIKey`")},

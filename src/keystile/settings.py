@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     docs_enabled: bool = True
     # While the database is unreachable, cached keys keep verifying for at most this long past their refresh time.
     stale_if_error_seconds: int = Field(default=300, ge=0, le=86_400)
+    # Usage history (GET /keys/{id}/usage) is kept this many days; the running service deletes older hours itself.
+    usage_retention_days: int = Field(default=90, ge=1, le=3650)
 
     # Not in the public contract, but tunable: brute-force limits on /auth/token (README, "Rate limits").
     login_max_failures_per_email: int = Field(default=10, ge=1)
@@ -58,6 +60,57 @@ class Settings(BaseSettings):
     key_failure_limit: Annotated[RateLimitPolicy, NoDecode, _PARSE_POLICY] = RateLimitPolicy(
         limit=30, window_seconds=60
     )
+
+    # Events, webhooks and leaks (API.md section 9; docs/WEBHOOKS.md).
+    # Allow webhook URLs on loopback, private, link-local and other non-public addresses (refused otherwise: SSRF).
+    webhook_allow_private: bool = False
+    # key.expiring is sent once when a key comes this close to its expiry.
+    expiry_warning_seconds: int = Field(default=604_800, ge=1, le=86_400 * 365)
+    # What a reported leak of an active key does: revoke it, or only audit and announce it.
+    leak_action: Literal["revoke", "notify"] = "revoke"
+    # A JSON file of GitHub's secret scanning public keys; unset: POST /v1/leaks/github answers 404.
+    github_scanning_keys: str | None = None
+    # Delivery tuning (not in the contract): seconds between a failed attempt and the next, one per retry.
+    webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0]
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # How long a claimed delivery is held by its process before another may take it over (a crash mid-send).
+    webhook_lease_seconds: float = Field(default=60.0, gt=0, le=3600)
+    webhook_concurrency: int = Field(default=32, ge=1, le=1000)
+    webhook_endpoint_concurrency: int = Field(default=8, ge=1, le=1000)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # An endpoint whose deliveries have failed for this many days in a row is disabled (0: never).
+    webhook_disable_after_days: int = Field(default=5, ge=0, le=365)
+    expiry_scan_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Delivered and failed events, and their attempts, are deleted this many days after they were made (never a
+    # pending one); the running service prunes them itself, at most once an hour (events/retention.py).
+    event_retention_days: int = Field(default=30, ge=1, le=3650)
+
+    @field_validator("github_scanning_keys", mode="before")
+    @classmethod
+    def _blank_path_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("webhook_retry_delays", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_retry_delays")
+    @classmethod
+    def _delays_are_sane(cls, value: list[float]) -> list[float]:
+        if len(value) > 20 or any(delay < 0 or delay > 7 * 86_400 for delay in value):
+            raise ValueError("at most 20 delays, each 0..604800 seconds")
+        return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_attempt(self) -> Settings:
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError("webhook_lease_seconds must exceed webhook_timeout_seconds")
+        return self
 
     @field_validator("redis_url", "secret_key", mode="before")
     @classmethod

@@ -42,8 +42,11 @@ def record_for(key_id: str, pk: int = 1) -> KeyRecord:
         metadata=MappingProxyType({}),
         expires_at=None,
         is_active=True,
+        enabled=True,
         rate_limit=None,
         quota_holder_id=None,
+        identity=None,
+        rate_limit_bucket=f"key:{pk}",
     )
 
 

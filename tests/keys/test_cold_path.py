@@ -119,8 +119,11 @@ async def test_the_record_read_on_a_miss_holds_every_field_of_the_key(client: Ke
         metadata=MappingProxyType(metadata),
         expires_at=parse_time(full["expires_at"]),
         is_active=True,
+        enabled=True,
         rate_limit=RateLimitPolicy(limit=100, window_seconds=60),
         quota_holder_id=full["id"],
+        identity=None,
+        rate_limit_bucket=f"key:{full['id']}",
     )
     assert plain is not None
     assert (plain.scopes, plain.ip_networks, dict(plain.metadata), plain.expires_at) == (frozenset(), (), {}, None)

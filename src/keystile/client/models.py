@@ -16,12 +16,12 @@ from typing import Any, TypedDict
 
 class VerifyCode(StrEnum):
     """Why a verification came out as it did: the verify API's `code`. A `VerifyResult.code` may also be a plain
-    string this enum lacks (a code added to the server later, such as `"DISABLED"`); compare with `==`, which works
-    for both."""
+    string this enum lacks (a code added to the server later); compare with `==`, which works for both."""
 
     VALID = "VALID"
     NOT_FOUND = "NOT_FOUND"
     REVOKED = "REVOKED"
+    DISABLED = "DISABLED"
     EXPIRED = "EXPIRED"
     INSUFFICIENT_SCOPES = "INSUFFICIENT_SCOPES"
     IP_NOT_ALLOWED = "IP_NOT_ALLOWED"
@@ -60,6 +60,7 @@ class VerifyResult:
     expires_at: datetime | None = None
     ratelimit: RateLimitState | None = None
     quota_remaining: int | None = None
+    identity: dict[str, Any] | None = None  # {id, external_id, metadata} of the key's identity
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> VerifyResult:
@@ -79,6 +80,7 @@ class VerifyResult:
             if ratelimit
             else None,
             quota_remaining=data.get("quota_remaining"),
+            identity=data.get("identity"),
         )
 
 
@@ -99,6 +101,8 @@ class Key:
     ip_allowlist: tuple[str, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
     is_active: bool = True
+    enabled: bool = True
+    identity_id: int | None = None
     last_used_at: datetime | None = None
     use_count: int = 0
     revoked_at: datetime | None = None
@@ -123,6 +127,8 @@ class Key:
             ip_allowlist=tuple(data.get("ip_allowlist") or ()),
             metadata=dict(data.get("metadata") or {}),
             is_active=bool(data.get("is_active", True)),
+            enabled=bool(data.get("enabled", True)),
+            identity_id=data.get("identity_id"),
             last_used_at=_datetime(data.get("last_used_at")),
             use_count=int(data.get("use_count") or 0),
             revoked_at=_datetime(data.get("revoked_at")),
@@ -177,12 +183,15 @@ class KeySettings(TypedDict, total=False):
     quota: int | None  # total uses; None: unlimited
     ip_allowlist: Sequence[str]
     metadata: Mapping[str, Any]
+    quota_refill: Mapping[str, Any] | None  # {"amount": int, "interval": "daily" | "monthly"}
+    identity_id: int | None
 
 
 class KeyChanges(KeySettings, total=False):
     """What `update_key` changes: only the fields given. `None` clears `expires_at`, `rate_limit` and `quota`."""
 
     name: str
+    enabled: bool  # False pauses the key; True resumes it (a revoked key: 409)
 
 
 def settings_json(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -83,6 +83,10 @@ class _TTLCache(Generic[V]):
     def pop(self, key: str) -> None:
         self._entries.pop(key, None)
 
+    def drop_where(self, condition: Callable[[V], bool]) -> None:
+        for key in [key for key, (_, value) in self._entries.items() if condition(value)]:
+            del self._entries[key]
+
     def set_ttl(self, ttl_seconds: float) -> None:
         """Entries put from now on are fresh for `ttl_seconds`; none already cached stays fresh longer than that from
         now. One pass over the entries, only when the lifetime shrinks (a subscription lost: rare)."""
@@ -166,6 +170,12 @@ class KeyCache:
         self._known.pop(key_id)
         self._unknown.pop(key_id)
         self._loading.pop(key_id, None)
+
+    def invalidate_identity(self, identity_id: int) -> None:
+        """Drop the records of an identity's keys. A scan, for a change that is rare (an identity's limits); loads
+        in flight may be of its keys, so none of their answers is cached."""
+        self._known.drop_where(lambda record: record.identity is not None and record.identity.id == identity_id)
+        self._loading.clear()
 
     def clear(self) -> None:
         self._known.clear()

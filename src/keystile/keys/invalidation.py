@@ -41,6 +41,14 @@ def _nothing() -> None:
     pass
 
 
+def _ignore(identity_id: int) -> None:
+    pass
+
+
+def _ignore_reset(ledger: str, holder_id: int) -> None:
+    pass
+
+
 class Invalidator:
     def __init__(
         self,
@@ -49,12 +57,16 @@ class Invalidator:
         redis_url: str | None,
         *,
         on_lost: Callable[[], None] = _nothing,
+        on_identity_change: Callable[[int], None] = _ignore,
+        on_quota_reset: Callable[[str, int], None] = _ignore_reset,
     ) -> None:
         """`on_resync` runs each time a subscription is confirmed (what was cached may have missed messages);
         `on_lost` each time a confirmed subscription ends."""
         self._on_change = on_change
         self._on_resync = on_resync
         self._on_lost = on_lost
+        self._on_identity_change = on_identity_change
+        self._on_quota_reset = on_quota_reset
         self._client = (
             redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5) if redis_url else None
         )
@@ -70,10 +82,24 @@ class Invalidator:
     async def key_changed(self, key_id: str, api_key_id: int) -> None:
         """Apply the change here at once, then tell the other instances (best effort: the cache TTL is the backstop)."""
         self._on_change(key_id, api_key_id)
+        await self._publish({"key_id": key_id, "id": api_key_id})
+
+    async def identity_changed(self, identity_id: int) -> None:
+        """Like `key_changed`, for an identity: every instance drops what it cached of the identity's keys."""
+        self._on_identity_change(identity_id)
+        await self._publish({"identity_id": identity_id})
+
+    async def quota_reset(self, ledger: str, holder_id: int) -> None:
+        """A balance was set anew (`ledger` "key" or "identity"): every instance drops its lease on it unreturned.
+        Only then: a lease dropped on any other change would lose its units."""
+        self._on_quota_reset(ledger, holder_id)
+        await self._publish({"quota_reset": ledger, "id": holder_id})
+
+    async def _publish(self, message: dict[str, object]) -> None:
         if self._client is None:
             return
         try:
-            await self._client.publish(CHANNEL, json.dumps({"key_id": key_id, "id": api_key_id}))
+            await self._client.publish(CHANNEL, json.dumps(message))
         except (RedisError, OSError) as error:
             logger.warning("could not broadcast a key change; other instances see it within the cache TTL: %s", error)
 
@@ -164,6 +190,12 @@ class Invalidator:
     def _apply(self, data: object) -> None:
         try:
             payload = json.loads(data)  # type: ignore[arg-type]
+            if "identity_id" in payload:
+                self._on_identity_change(int(payload["identity_id"]))
+                return
+            if "quota_reset" in payload:
+                self._on_quota_reset(str(payload["quota_reset"]), int(payload["id"]))
+                return
             key_id, api_key_id = str(payload["key_id"]), int(payload["id"])
         except (TypeError, ValueError, KeyError):
             logger.warning("ignoring a malformed key-change message")

@@ -3,11 +3,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, true
 from sqlalchemy.orm import Mapped, composite, mapped_column
 
 from keystile.db import Base, UTCDateTime
+from keystile.identities import models as _identity_models  # noqa: F401  (the table identity_id refers to)
 from keystile.ratelimit.policy import RateLimitPolicy
+from keystile.refill import QuotaRefill
 
 
 class ApiKey(Base):
@@ -22,7 +24,8 @@ class ApiKey(Base):
     hint: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(100))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)  # False once revoked, for good
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())  # a pause, undone by enabling
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     use_count: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -42,6 +45,13 @@ class ApiKey(Base):
     # During a rotation's grace the old key draws from its successor's balance: this names the key whose
     # quota_remaining a use of this key spends (None: its own).
     quota_holder_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
+    quota_refill: Mapped[QuotaRefill | None] = composite(
+        QuotaRefill.of,
+        mapped_column("quota_refill_amount", BigInteger, nullable=True),
+        mapped_column("quota_refill_interval", String(8), nullable=True),
+    )
+    quota_refilled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    identity_id: Mapped[int | None] = mapped_column(ForeignKey("identities.id"), index=True, default=None)
     rotated_from: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"), default=None)
 
     def __repr__(self) -> str:

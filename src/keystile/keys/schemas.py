@@ -7,9 +7,11 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from keystile.db import MAX_ID
 from keystile.keys.models import ApiKey
 from keystile.net import parse_network
 from keystile.ratelimit.policy import RateLimitPolicy
+from keystile.refill import QuotaRefill
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,8 @@ def _small_json_object(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+IdentityId = Annotated[int, Field(ge=1, le=MAX_ID, description="an identity of yours whose limits the key shares")]
+
 IpAllowlist = Annotated[
     list[Annotated[str, Field(max_length=64)]],
     Field(max_length=MAX_IP_ALLOWLIST),
@@ -116,8 +120,10 @@ class KeyCreate(BaseModel):
     expires_in: int | None = Field(default=None, ge=1, le=MAX_EXPIRES_IN_SECONDS, description="seconds from now")
     rate_limit: RateLimitPolicy | None = None
     quota: int | None = Field(default=None, ge=0, le=2**62, description="total requests allowed; null: unlimited")
+    quota_refill: QuotaRefill | None = Field(default=None, description="without `quota`, the quota starts at `amount`")
     ip_allowlist: IpAllowlist = Field(default_factory=list)
     metadata: Metadata = Field(default_factory=dict)
+    identity_id: IdentityId | None = None
 
     @model_validator(mode="after")
     def _one_expiry(self) -> KeyCreate:
@@ -137,14 +143,19 @@ class KeyUpdate(BaseModel):
     expires_in: int | None = Field(default=None, ge=1, le=MAX_EXPIRES_IN_SECONDS, description="seconds from now")
     rate_limit: RateLimitPolicy | None = None
     quota: int | None = Field(default=None, ge=0, le=2**62)
+    quota_refill: QuotaRefill | None = None
     ip_allowlist: IpAllowlist | None = None
     metadata: Metadata | None = None
+    identity_id: IdentityId | None = Field(default=None, description="null: the key leaves its identity")
+    enabled: bool | None = Field(
+        default=None, strict=True, description="false pauses the key until true; a revoked key stays off"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> KeyUpdate:
         if "expires_at" in self.model_fields_set and "expires_in" in self.model_fields_set:
             raise ValueError("give expires_at or expires_in, not both")
-        for required in ("name", "scopes", "ip_allowlist", "metadata", "expires_in"):
+        for required in ("name", "scopes", "ip_allowlist", "metadata", "expires_in", "enabled"):
             if required in self.model_fields_set and getattr(self, required) is None:
                 raise ValueError(f"{required} cannot be null")
         return self
@@ -166,9 +177,13 @@ class KeyRead(BaseModel):
     expires_at: datetime | None
     rate_limit: RateLimitPolicy | None
     quota_remaining: int | None
+    quota_refill: QuotaRefill | None
+    quota_refilled_at: datetime | None
     ip_allowlist: list[str]
     metadata: dict[str, Any]
     is_active: bool
+    enabled: bool
+    identity_id: int | None
     last_used_at: datetime | None
     use_count: int
     revoked_at: datetime | None
@@ -186,9 +201,13 @@ class KeyRead(BaseModel):
             expires_at=row.expires_at,
             rate_limit=row.rate_limit,
             quota_remaining=row.quota_remaining,
+            quota_refill=row.quota_refill,
+            quota_refilled_at=row.quota_refilled_at,
             ip_allowlist=row.ip_allowlist,
             metadata=readable_metadata(row),
             is_active=row.is_active,
+            enabled=row.enabled,
+            identity_id=row.identity_id,
             last_used_at=row.last_used_at,
             use_count=row.use_count,
             revoked_at=row.revoked_at,

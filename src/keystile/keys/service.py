@@ -17,11 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keystile.audit import service as audit
 from keystile.clock import Clock
+from keystile.events import outbox as events
+from keystile.identities.models import Identity
+from keystile.identities.service import IdentityNotFoundError
 from keystile.keys import format as key_format
 from keystile.keys.invalidation import Invalidator
 from keystile.keys.models import ApiKey
 from keystile.keys.quota import QuotaLedger
 from keystile.keys.schemas import MAX_EXPIRES_IN_SECONDS, KeyCreate, KeyRead, KeyUpdate
+from keystile.refill import current_balance
 from keystile.usage.recorder import UsageRecorder
 
 # A key_id collision needs two draws of 71 bits to meet; retrying covers the astronomically unlucky case.
@@ -119,6 +123,10 @@ class KeyManager:
         balance = shared_balances.get(holder_id) if row.quota_holder_id is not None else row.quota_remaining
         if balance is not None:
             read.quota_remaining = balance + self.quotas.local_balance(holder_id)
+        if row.quota_holder_id is None:  # a key in its rotation grace shows its successor's balance as stored
+            read.quota_remaining, read.quota_refilled_at = current_balance(
+                read.quota_remaining, row.quota_refill, row.quota_refilled_at, self.clock()
+            )
         pending = self.usage.pending_for(row.id)
         if pending is not None:
             read.use_count += pending.count
@@ -129,22 +137,30 @@ class KeyManager:
 
     async def create(self, *, owner_id: int, spec: KeyCreate, ip: str | None = None) -> IssuedKey:
         now = self.clock()
+        if spec.identity_id is not None:
+            await self._check_identity(spec.identity_id, owner_id)
         issued = await self._issue(owner_id=owner_id, spec=spec, expires_at=_expiry(spec, now), now=now)
         audit.record(self.session, at=now, action="key.created", actor_id=owner_id, api_key_id=issued.row.id, ip=ip)
+        events.emit_key_event(self.session, "key.created", issued.row, at=now)
         # Announced like any change: other instances' indexes of existing key_ids learn it (keys/key_ids.py).
         await self._commit_and_announce([issued.row])
         return issued
 
     async def update(self, row: ApiKey, changes: KeyUpdate, *, actor_id: int, ip: str | None) -> None:
-        """Apply the fields present in `changes`; record one `key.updated` event naming them.
+        """Apply the fields present in `changes`; record one `key.updated` event naming them (and `key.disabled` or
+        `key.enabled` when `enabled` changes).
 
         A rotated key's expiry is the end of its grace and its quota is its successor's: changing either would let
         the old key outlive the rotation or split the shared balance, so both are a conflict.
         """
         now = self.clock()
         fields = changes.model_fields_set
-        if fields & {"expires_at", "expires_in", "quota"} and await self._successor_id(row) is not None:
+        if fields & {"expires_at", "expires_in", "quota", "quota_refill"} and await self._successor_id(row) is not None:
             raise KeyStateConflictError("this key was rotated: its expiry and quota follow the rotation")
+        if changes.enabled and not row.is_active:
+            raise KeyStateConflictError("a revoked key cannot be enabled: revocation is final")
+        if changes.identity_id is not None:
+            await self._check_identity(changes.identity_id, row.user_id)
         if "expires_in" in fields:
             assert changes.expires_in is not None
             row.expires_at = now + timedelta(seconds=changes.expires_in)
@@ -160,14 +176,32 @@ class KeyManager:
             row.key_metadata = dict(changes.metadata or {})
         if "rate_limit" in fields:
             row.rate_limit = changes.rate_limit
+        if "quota_refill" in fields:
+            row.quota_refill = changes.quota_refill
+            row.quota_refilled_at = None
+            if changes.quota_refill is not None:
+                row.quota_refilled_at = changes.quota_refill.period_start(now)
+                if "quota" not in fields:
+                    row.quota_remaining = changes.quota_refill.amount
+                    row.quota_holder_id = None
         if "quota" in fields:
             row.quota_remaining = changes.quota
             row.quota_holder_id = None
-        detail = {"fields": sorted(fields)}
-        audit.record(
-            self.session, at=now, action="key.updated", actor_id=actor_id, api_key_id=row.id, ip=ip, detail=detail
-        )
-        await self._commit_and_announce([row])
+        if "identity_id" in fields:
+            row.identity_id = changes.identity_id
+        # Pausing and resuming are events of their own (key.disabled, key.enabled); any other change is key.updated.
+        if changes.enabled is not None and changes.enabled != row.enabled:
+            row.enabled = changes.enabled
+            action = "key.enabled" if changes.enabled else "key.disabled"
+            audit.record(self.session, at=now, action=action, actor_id=actor_id, api_key_id=row.id, ip=ip)
+            events.emit_key_event(self.session, action, row, at=now)
+        if updated := sorted(fields - {"enabled"}):
+            detail = {"fields": updated}
+            audit.record(
+                self.session, at=now, action="key.updated", actor_id=actor_id, api_key_id=row.id, ip=ip, detail=detail
+            )
+            events.emit_key_event(self.session, "key.updated", row, at=now)
+        await self._commit_and_announce([row], quota_reset=[row.id] if fields & {"quota", "quota_refill"} else [])
 
     async def revoke(self, row: ApiKey, *, actor_id: int, ip: str | None) -> None:
         """Revoke `row`. Idempotent: revoking a revoked key changes and records nothing."""
@@ -177,6 +211,7 @@ class KeyManager:
         row.is_active = False
         row.revoked_at = now
         audit.record(self.session, at=now, action="key.revoked", actor_id=actor_id, api_key_id=row.id, ip=ip)
+        events.emit_key_event(self.session, "key.revoked", row, at=now)
         await self._commit_and_announce([row])
 
     async def rotate(self, row: ApiKey, *, grace_seconds: int, actor_id: int, ip: str | None) -> IssuedKey:
@@ -196,18 +231,23 @@ class KeyManager:
             scopes=row.scopes,
             rate_limit=row.rate_limit,
             quota=row.quota_remaining,
+            quota_refill=row.quota_refill,
             ip_allowlist=row.ip_allowlist,
             metadata=row.key_metadata,
+            identity_id=row.identity_id,
         )
         issued = await self._issue(
             owner_id=row.user_id, spec=spec, expires_at=row.expires_at, now=now, rotated_from=row.id
         )
+        issued.row.enabled = row.enabled
+        issued.row.quota_refilled_at = row.quota_refilled_at  # the balance moves within its period, not refilled
         changed = [row, issued.row]  # the successor is a new key: announced like a created one
         if row.quota_remaining is not None:
             # One balance for both keys: it moves to the new key, and the old one spends from it until the grace
             # ends. This process's unspent lease goes with it. Older keys of the chain still in their grace follow.
             issued.row.quota_remaining = row.quota_remaining + self.quotas.local_balance(row.id)
             row.quota_remaining = None
+            row.quota_refill = None  # the successor holds the balance, and refills it
             row.quota_holder_id = issued.row.id
             predecessors = await self.session.scalars(select(ApiKey).where(ApiKey.quota_holder_id == row.id))
             for predecessor in predecessors:
@@ -219,15 +259,20 @@ class KeyManager:
         audit.record(
             self.session, at=now, action="key.rotated", actor_id=actor_id, api_key_id=row.id, ip=ip, detail=detail
         )
-        await self._commit_and_announce(changed)
+        events.emit_key_event(self.session, "key.rotated", issued.row, at=now)  # the new key, naming the old
+        await self._commit_and_announce(changed, quota_reset=[row.id])  # its balance moved to the new key
         return issued
 
-    async def _commit_and_announce(self, changed: Sequence[ApiKey]) -> None:
+    async def _commit_and_announce(self, changed: Sequence[ApiKey], *, quota_reset: Sequence[int] = ()) -> None:
+        """Commit, then announce the changed keys, and the keys whose balance was set anew (`quota_reset`: their
+        leases are void everywhere; on any other change a lease stays, so no unit is lost)."""
         # Read before the commit: the ids are all that is announced, and nothing reloads them afterwards.
         refs = [(row.key_id, row.id) for row in changed]
         await self.session.commit()
         for key_id, api_key_id in refs:
             await self.invalidator.key_changed(key_id, api_key_id)
+        for holder_id in quota_reset:
+            await self.invalidator.quota_reset("key", holder_id)
 
     async def _issue(
         self,
@@ -255,7 +300,11 @@ class KeyManager:
                 ip_allowlist=spec.ip_allowlist,
                 key_metadata=spec.metadata,
                 rate_limit=spec.rate_limit,
-                quota_remaining=spec.quota,
+                quota_remaining=spec.quota_refill.amount if spec.quota is None and spec.quota_refill else spec.quota,
+                quota_refill=spec.quota_refill,
+                quota_refilled_at=spec.quota_refill.period_start(now) if spec.quota_refill is not None else None,
+                identity_id=spec.identity_id,
+                enabled=True,
                 rotated_from=rotated_from,
             )
             try:
@@ -267,6 +316,12 @@ class KeyManager:
                 continue
             break
         return IssuedKey(row=row, raw=new_key.raw)
+
+    async def _check_identity(self, identity_id: int, owner_id: int) -> None:
+        """A key may name only an identity of its own owner's: another's is 'not found', as for keys."""
+        query = select(Identity.id).where(Identity.id == identity_id, Identity.user_id == owner_id)
+        if await self.session.scalar(query) is None:
+            raise IdentityNotFoundError(identity_id)
 
     async def _successor_id(self, row: ApiKey) -> int | None:
         return await self.session.scalar(select(ApiKey.id).where(ApiKey.rotated_from == row.id))

@@ -78,6 +78,12 @@ class RateLimitState(BaseModel):
         return cls(limit=decision.limit, remaining=decision.remaining, reset_seconds=decision.reset_seconds)
 
 
+class IdentityAnswer(BaseModel):
+    id: int
+    external_id: str
+    metadata: dict[str, Any]
+
+
 class VerifyResponse(BaseModel):
     valid: bool
     code: Outcome
@@ -89,6 +95,7 @@ class VerifyResponse(BaseModel):
     expires_at: datetime | None = None
     ratelimit: RateLimitState | None = None
     quota_remaining: int | None = None
+    identity: IdentityAnswer | None = None
 
 
 _NO_CALLER = Refusal(
@@ -114,7 +121,7 @@ async def _caller(keystile: Keystile, request: Request) -> _Caller:
             raise http_exception(checked)
         caller = checked.key
         assert caller is not None  # a VALID verification always carries its key
-        fields = rate_limit_fields(checked.ratelimit) if checked.ratelimit is not None else ()
+        fields = rate_limit_fields(checked)
         return _Caller(None if caller.owner_is_admin else caller.user_id, fields)
     token = await bearer_token(request)
     if not token:
@@ -141,7 +148,7 @@ def _answer(verification: Verification) -> bytes:
     record = verification.key
     if record is None:
         return _NOT_FOUND_ANSWER if verification.outcome is Outcome.NOT_FOUND else _bare(verification.outcome)
-    decision = verification.ratelimit
+    decision = verification.binding_ratelimit
     answer = {
         "valid": verification.outcome is Outcome.VALID,
         "code": verification.outcome.value,
@@ -155,6 +162,7 @@ def _answer(verification: Verification) -> bytes:
         if decision is None
         else {"limit": decision.limit, "remaining": decision.remaining, "reset_seconds": decision.reset_seconds},
         "quota_remaining": verification.quota_remaining,
+        "identity": None if record.identity is None else record.identity.answer(),
     }
     return json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
 

@@ -7,7 +7,10 @@ from sqlalchemy.engine import Connection
 
 from keystile.audit import models as _audit_models  # noqa: F401  (registers tables on Base.metadata)
 from keystile.db import Base, create_engine
+from keystile.events import models as _event_models  # noqa: F401  (and webhooks.models, which it imports)
 from keystile.keys import models as _key_models  # noqa: F401
+from keystile.ui import models as _ui_models  # noqa: F401
+from keystile.usage import models as _usage_models  # noqa: F401
 from keystile.users import models as _user_models  # noqa: F401
 
 target_metadata = Base.metadata

@@ -57,6 +57,29 @@ class Window(NamedTuple):
         return decision, used_after
 
 
+class Counter(NamedTuple):
+    """One limit a request must pass: its bucket (whose window counter it adds to) and the policy's numbers."""
+
+    bucket: str
+    limit: int
+    window_seconds: int
+
+
+def decide_together(windows: list[Window], counters: list[Counter], used: list[int], cost: int) -> list[Decision]:
+    """Decisions on counters a request must pass all at once (a key's limit and its identity's): `cost` is added to
+    every counter or to none, so a refusal by one spends nothing of the others. Each decision's `allowed` says whether
+    that counter alone had room; the request is admitted when all did."""
+    admitted = all(u + cost <= c.limit for u, c in zip(used, counters, strict=True))
+    decisions = []
+    for window, counter, used_before in zip(windows, counters, used, strict=True):
+        allowed = used_before + cost <= counter.limit
+        used_after = used_before + cost if admitted else used_before
+        decisions.append(
+            Decision(allowed, counter.limit, window.seconds, max(0, counter.limit - used_after), window.reset_seconds)
+        )
+    return decisions
+
+
 class LimiterUnavailableError(Exception):
     """The backend could not decide (Redis unreachable); the caller applies RATE_LIMIT_FAILURE."""
 
@@ -64,6 +87,11 @@ class LimiterUnavailableError(Exception):
 class RateLimiter(Protocol):
     async def hit(self, bucket: str, *, limit: int, window_seconds: int, cost: int, now: datetime) -> Decision:
         """Add `cost` to `bucket`'s current window if it fits; `cost=0` only reads the state."""
+        ...
+
+    async def hit_all(self, counters: list[Counter], *, cost: int, now: datetime) -> list[Decision]:
+        """Add `cost` to every counter's current window if it fits in all of them, else to none
+        (`decide_together`); atomically, in one round trip."""
         ...
 
     async def ping(self) -> bool: ...

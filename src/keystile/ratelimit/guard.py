@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from keystile.metrics import Metrics
-from keystile.ratelimit.base import Decision, LimiterUnavailableError, RateLimiter
+from keystile.ratelimit.base import Counter, Decision, LimiterUnavailableError, RateLimiter
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +44,21 @@ class LimiterGuard:
 
     async def hit(self, bucket: str, *, limit: int, window_seconds: int, cost: int, now: datetime) -> Decision | None:
         """The decision, or None when the backend is down and the failure mode is open."""
+        return await self._decide(
+            self._limiter.hit(bucket, limit=limit, window_seconds=window_seconds, cost=cost, now=now)
+        )
+
+    async def hit_all(self, counters: list[Counter], *, cost: int, now: datetime) -> list[Decision] | None:
+        """Decisions on counters passed together (RateLimiter.hit_all), or None as for `hit`."""
+        return await self._decide(self._limiter.hit_all(counters, cost=cost, now=now))
+
+    async def _decide(self, decision: Coroutine[Any, Any, T]) -> T | None:
         if self._failing_since is not None and self._monotonic() < self._next_attempt:
+            decision.close()  # not awaited: the backend is not asked again before the retry interval
             self._fail_if_closed()
             return None
         try:
-            decision = await self._limiter.hit(bucket, limit=limit, window_seconds=window_seconds, cost=cost, now=now)
+            decided = await decision
         except LimiterUnavailableError as error:
             if self._failing_since is None:
                 self._failing_since = self._monotonic()
@@ -58,7 +70,7 @@ class LimiterGuard:
         if self._failing_since is not None:
             logger.warning("rate limiter backend is back after %.1fs", self._monotonic() - self._failing_since)
             self._failing_since = None
-        return decision
+        return decided
 
     async def ping(self) -> bool:
         """Whether the backend answers now (for readiness), whatever the last decision saw."""

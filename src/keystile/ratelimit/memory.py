@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from keystile.ratelimit.base import Decision, Window
+from keystile.ratelimit.base import Counter, Decision, Window, decide_together
 
 # Past this many buckets, windows that have ended are swept out. Bucket names can be chosen by clients (login emails,
 # addresses), so without the sweep memory would grow with every name ever seen.
@@ -29,6 +29,21 @@ class MemoryRateLimiter:
             if len(self._windows) >= self._next_sweep_size:
                 self._sweep(window.now_ms)
         return decision
+
+    async def hit_all(self, counters: list[Counter], *, cost: int, now: datetime) -> list[Decision]:
+        windows = [Window.at(now, counter.window_seconds) for counter in counters]
+        used = [self._used(counter.bucket, window) for counter, window in zip(counters, windows, strict=True)]
+        decisions = decide_together(windows, counters, used, cost)
+        if all(decision.allowed for decision in decisions) and cost:
+            for counter, window, used_before in zip(counters, windows, used, strict=True):
+                self._windows[counter.bucket] = (window.start_ms, window.end_ms, used_before + cost)
+            if len(self._windows) >= self._next_sweep_size:
+                self._sweep(windows[0].now_ms)
+        return decisions
+
+    def _used(self, bucket: str, window: Window) -> int:
+        start, _, used = self._windows.get(bucket, (window.start_ms, window.end_ms, 0))
+        return used if start == window.start_ms else 0
 
     def _sweep(self, now_ms: int) -> None:
         self._windows = {bucket: entry for bucket, entry in self._windows.items() if entry[1] > now_ms}

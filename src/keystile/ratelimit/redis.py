@@ -12,8 +12,9 @@ what it would have been alone in that order (two on one counter see each other),
 one round trip. A failed round trip fails every decision in it. Figures: docs/PERFORMANCE.md.
 
 Redis Cluster: a script may only touch keys of one hash slot, so on a cluster a batch is split by the slot of its
-counters and sent as one script call per slot, concurrently (each decision touches one key, so no hash tag is needed
-and the key names are the same as on a single Redis). Whether the URL names a cluster node is asked of the server
+requests and sent as one script call per slot, concurrently. A request that passes several counters together (a key
+and its identity) needs them in one slot: their bucket names share a hash tag (`{i7}key:5` and `{i7}identity`, made
+by keys/records.py), which a single Redis ignores. Whether the URL names a cluster node is asked of the server
 (`INFO cluster`) before the first batch, so `KEYSTILE_REDIS_URL` may name any node of a cluster and needs no other
 setting.
 
@@ -37,21 +38,36 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from keystile.ratelimit.base import Decision, LimiterUnavailableError, Window
+from keystile.ratelimit.base import Counter, Decision, LimiterUnavailableError, Window, decide_together
 
-# KEYS[i]: a window's counter; ARGV[3i-2], ARGV[3i-1], ARGV[3i]: its limit, the cost, the counter's expiry in ms.
-# Returns each counter's value before its decision. A counter expires a little after its window ends, so Redis
-# memory holds only live windows.
+# A batch of requests, each passing one or more counters together (a key's limit and its identity's). ARGV holds, per
+# request: how many counters it has (n), its cost, then each counter's limit and expiry in ms; KEYS holds the
+# counters in the same order. The cost is added to every counter of a request or, when any would go over its limit,
+# to none. Returns each counter's value before its request. A counter expires a little after its window ends, so
+# Redis memory holds only live windows.
 _FIXED_WINDOWS = """
 local used_before = {}
-for i, key in ipairs(KEYS) do
-    local used = tonumber(redis.call('GET', key) or '0')
-    local cost = tonumber(ARGV[3 * i - 1])
-    if cost > 0 and used + cost <= tonumber(ARGV[3 * i - 2]) then
-        redis.call('INCRBY', key, cost)
-        redis.call('PEXPIRE', key, ARGV[3 * i])
+local k = 0
+local a = 1
+while a <= #ARGV do
+    local n = tonumber(ARGV[a])
+    local cost = tonumber(ARGV[a + 1])
+    local fits = cost > 0
+    for j = 1, n do
+        local used = tonumber(redis.call('GET', KEYS[k + j]) or '0')
+        used_before[k + j] = used
+        if used + cost > tonumber(ARGV[a + 2 * j]) then
+            fits = false
+        end
     end
-    used_before[i] = used
+    if fits then
+        for j = 1, n do
+            redis.call('INCRBY', KEYS[k + j], cost)
+            redis.call('PEXPIRE', KEYS[k + j], ARGV[a + 2 * j + 1])
+        end
+    end
+    k = k + n
+    a = a + 2 + 2 * n
 end
 return used_before
 """
@@ -74,11 +90,11 @@ _UNAVAILABLE = (RedisError, RedisClusterException, OSError)
 
 
 class _Request(NamedTuple):
-    """One decision waiting for its batch: the counter, the script's arguments, and where the answer goes."""
+    """One decision waiting for its batch: its counters, the script's arguments, and where the answer goes."""
 
-    key: str
-    args: tuple[int, int, int]  # limit, cost, expiry in ms
-    used_before: asyncio.Future[int]
+    keys: tuple[str, ...]
+    args: tuple[int, ...]  # len(keys), cost, then each counter's limit and expiry in ms
+    used_before: asyncio.Future[list[int]]
 
 
 class _Exhausted(NamedTuple):
@@ -99,6 +115,7 @@ class RedisRateLimiter:
         self._waiting: list[_Request] = []
         self._sending: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
         self._exhausted: dict[str, _Exhausted] = {}
+        self._seen: dict[tuple[str, int], int] = {}  # (bucket, window start) -> count, for counters passed together
         self._next_sweep_size = SWEEP_THRESHOLD
 
     @classmethod
@@ -113,8 +130,43 @@ class RedisRateLimiter:
         if self._exhausted.get(bucket) == exhausted:
             return window.decide(used_before=limit, limit=limit, cost=cost)[0]
         expiry_ms = window.end_ms - window.now_ms + 1000
+        used = await self._ask((f"{KEY_PREFIX}{bucket}:{window.start_ms}",), (1, cost, limit, expiry_ms))
+        decision, used_after = window.decide(used_before=used[0], limit=limit, cost=cost)
+        if used_after >= limit:
+            self._remember_exhausted(bucket, exhausted)
+        return decision
+
+    async def hit_all(self, counters: list[Counter], *, cost: int, now: datetime) -> list[Decision]:
+        windows = [Window.at(now, counter.window_seconds) for counter in counters]
+        remembered = [_Exhausted(w.start_ms, w.seconds, c.limit) for c, w in zip(counters, windows, strict=True)]
+        if cost and any(self._exhausted.get(c.bucket) == e for c, e in zip(counters, remembered, strict=True)):
+            # One counter is used up: refused here. The others show what this process last saw of them.
+            used = [self._seen.get((c.bucket, w.start_ms), 0) for c, w in zip(counters, windows, strict=True)]
+            used = [
+                c.limit if self._exhausted.get(c.bucket) == e else u
+                for c, e, u in zip(counters, remembered, used, strict=True)
+            ]
+            return decide_together(windows, counters, used, cost)
+        keys = tuple(f"{KEY_PREFIX}{c.bucket}:{w.start_ms}" for c, w in zip(counters, windows, strict=True))
+        args = [len(counters), cost]
+        for counter, window in zip(counters, windows, strict=True):
+            args += (counter.limit, window.end_ms - window.now_ms + 1000)
+        used = await self._ask(keys, tuple(args))
+        decisions = decide_together(windows, counters, used, cost)
+        admitted = all(d.allowed for d in decisions)
+        for counter, window, exhausted, used_before in zip(counters, windows, remembered, used, strict=True):
+            used_after = used_before + cost if admitted else used_before
+            self._seen[(counter.bucket, window.start_ms)] = used_after
+            if used_after >= counter.limit:
+                self._remember_exhausted(counter.bucket, exhausted)
+        if len(self._seen) >= SWEEP_THRESHOLD:
+            self._seen.clear()  # only shown in refusals' headers: losing it costs nothing but accuracy there
+        return decisions
+
+    async def _ask(self, keys: tuple[str, ...], args: tuple[int, ...]) -> list[int]:
+        """The counters' values before this request, from the batch it joins."""
         loop = asyncio.get_running_loop()
-        request = _Request(f"{KEY_PREFIX}{bucket}:{window.start_ms}", (limit, cost, expiry_ms), loop.create_future())
+        request = _Request(keys, args, loop.create_future())
         if not self._waiting:
             # The task first runs on the loop's next turn: every decision asked for before then joins this batch.
             task = loop.create_task(self._send_waiting())
@@ -122,13 +174,9 @@ class RedisRateLimiter:
             task.add_done_callback(self._sending.discard)
         self._waiting.append(request)
         try:
-            used = await request.used_before
+            return await request.used_before
         except _UNAVAILABLE as error:
             raise LimiterUnavailableError(str(error)) from error
-        decision, used_after = window.decide(used_before=used, limit=limit, cost=cost)
-        if used_after >= limit:
-            self._remember_exhausted(bucket, exhausted)
-        return decision
 
     def _remember_exhausted(self, bucket: str, window: _Exhausted) -> None:
         self._exhausted[bucket] = window
@@ -155,18 +203,23 @@ class RedisRateLimiter:
             return [batch]
         by_slot: defaultdict[int, list[_Request]] = defaultdict(list)
         for request in batch:
-            by_slot[key_slot(request.key.encode())].append(request)
+            by_slot[key_slot(request.keys[0].encode())].append(request)
         return list(by_slot.values())
 
     async def _send(self, group: list[_Request]) -> None:
         try:
-            replies = await self._script(keys=[r.key for r in group], args=[a for r in group for a in r.args])
+            replies = await self._script(
+                keys=[k for r in group for k in r.keys], args=[a for r in group for a in r.args]
+            )
         except Exception as error:
             _fail(group, error)
             return
-        for request, used in zip(group, replies, strict=True):
+        start = 0
+        for request in group:
+            end = start + len(request.keys)
             if not request.used_before.done():  # its waiter was cancelled meanwhile (the client went away)
-                request.used_before.set_result(int(used))
+                request.used_before.set_result([int(used) for used in replies[start:end]])
+            start = end
 
     async def _probe_for_cluster(self) -> None:
         """Once, before the first batch: switch to a cluster client if the URL names a cluster node. A failed probe
