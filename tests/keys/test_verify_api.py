@@ -70,6 +70,7 @@ async def test_valid_key_returns_every_field_of_the_contract(client: KeystileCli
         "expires_at": created["expires_at"],
         "ratelimit": {"limit": 5, "remaining": 4, "reset_seconds": seconds_to_window_end(clock.now, 60)},
         "quota_remaining": 9,
+        "identity": None,
     }
     assert (parse_time(body["expires_at"]) - clock.now).total_seconds() == 3600
     await client.keystile.usage.flush()
