@@ -279,17 +279,17 @@ def test_a_protect_prefix_that_is_not_a_path_is_refused(client: KeystileClient, 
 
 
 class RecordingKeystile(Keystile):
-    """A Keystile that notes when it starts and stops, in `events` shared with the app around it."""
+    """A Keystile that notes when it starts and stops, in `steps` shared with the app around it."""
 
-    events: list[str]
+    steps: list[str]
 
     async def __aenter__(self) -> Keystile:
-        self.events.append("keystile started")
+        self.steps.append("keystile started")
         return await super().__aenter__()
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await super().__aexit__(*exc_info)
-        self.events.append("keystile stopped")
+        self.steps.append("keystile stopped")
 
 
 def recording_keystile(database_url: str, clock: FakeClock) -> RecordingKeystile:
@@ -297,7 +297,7 @@ def recording_keystile(database_url: str, clock: FakeClock) -> RecordingKeystile
     keystile = RecordingKeystile(
         make_settings(database_url), clock=clock, passwords=CHEAP_PASSWORDS, usage_flush_seconds=3600
     )
-    keystile.events = []
+    keystile.steps = []
     return keystile
 
 
@@ -359,11 +359,11 @@ def starlette_with_lifespan(keystile: RecordingKeystile, on_shutdown: Callable[[
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        keystile.events.append("app started")
+        keystile.steps.append("app started")
         yield
         if on_shutdown is not None:
             await on_shutdown()
-        keystile.events.append("app stopped")
+        keystile.steps.append("app stopped")
 
     app = starlette_app(keystile)
     assert isinstance(app.app, Starlette)
@@ -381,11 +381,11 @@ async def test_the_lifespan_runs_keystile_around_the_app_and_writes_usage_on_shu
         assert (await keystile.verifier.verify(raw)).valid
 
     app = starlette_with_lifespan(keystile, use_the_key_once_more)
-    async with served(app, keystile.events), http_client(app) as http:
+    async with served(app, keystile.steps), http_client(app) as http:
         for _ in range(3):
             assert (await http.get(PROTECTED, headers={"X-API-Key": raw})).status_code == 200
 
-    assert keystile.events == [
+    assert keystile.steps == [
         "keystile started",
         "app started",
         "app stopped",
@@ -406,11 +406,11 @@ async def test_an_app_without_lifespan_support_still_gets_keystile_started_and_s
         await JSONResponse({"key": scope["state"]["api_key"].id})(scope, receive, send)
 
     app = APIKeyMiddleware(bare, keystile)
-    async with served(app, keystile.events), http_client(app) as http:
+    async with served(app, keystile.steps), http_client(app) as http:
         response = await http.get("/", headers={"X-API-Key": raw})
 
     assert response.json() == {"key": key_pk}
-    assert keystile.events == ["keystile started", "keystile stopped", "server heard shutdown complete"]
+    assert keystile.steps == ["keystile started", "keystile stopped", "server heard shutdown complete"]
     assert await stored_use_count(database_url, key_pk) == 1
 
 
@@ -427,7 +427,7 @@ async def test_a_failed_app_startup_is_reported_and_keystile_is_stopped(database
         async with served(app):
             pass
 
-    assert keystile.events == ["keystile started", "keystile stopped"]
+    assert keystile.steps == ["keystile started", "keystile stopped"]
 
 
 async def test_one_instance_behind_two_middlewares_is_started_once(database_url: str, clock: FakeClock) -> None:
@@ -438,7 +438,7 @@ async def test_one_instance_behind_two_middlewares_is_started_once(database_url:
     async with served(app):
         pass
 
-    assert keystile.events == ["keystile started", "app started", "app stopped", "keystile stopped"]
+    assert keystile.steps == ["keystile started", "app started", "app stopped", "keystile stopped"]
 
 
 # Websockets under a protected prefix
