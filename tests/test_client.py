@@ -228,12 +228,12 @@ def test_verify_codes_match_the_servers_outcomes() -> None:
 
 
 def test_an_unknown_code_and_unknown_fields_from_a_newer_server_are_kept_not_fatal() -> None:
-    answer = {"valid": False, "code": "DISABLED", "disabled_at": "2030-01-01T00:00:00Z", "api_key_id": 7}
+    answer = {"valid": False, "code": "SUSPENDED", "suspended_at": "2030-01-01T00:00:00Z", "api_key_id": 7}
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
     with KeystileClient("http://keystile.test", token="t", transport=transport) as client:
         result = client.verify("ks_anything")
 
-    assert result.code == "DISABLED"
+    assert result.code == "SUSPENDED"
     assert not isinstance(result.code, VerifyCode)
     assert (result.valid, result.api_key_id) == (False, 7)
 

@@ -22,7 +22,7 @@ class QuotaRefill(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    amount: int = Field(ge=1, le=MAX_QUOTA, strict=True, description="the balance after each refill")
+    amount: int = Field(ge=1, le=MAX_QUOTA, description="the balance after each refill")
     interval: Interval = Field(description="UTC day or calendar month")
 
     @classmethod

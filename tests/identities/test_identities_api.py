@@ -129,7 +129,7 @@ async def test_concurrent_duplicates_make_one_identity(client: KeystileClient) -
         {"external_id": 5},
         {"external_id": "a", "quota_refill": {"amount": 0, "interval": "daily"}},
         {"external_id": "a", "quota_refill": {"amount": 5, "interval": "weekly"}},
-        {"external_id": "a", "quota_refill": {"amount": "5", "interval": "daily"}},
+        {"external_id": "a", "quota_refill": {"amount": [5], "interval": "daily"}},
         {"external_id": "a", "quota": -1},
         {"external_id": "a", "rate_limit": {"limit": 0, "window_seconds": 1}},
         {"external_id": "a", "unknown": 1},

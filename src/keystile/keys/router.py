@@ -10,7 +10,7 @@ from keystile.deps import ClientIP, CurrentUser, KeyPk, KeysDep, Limit, Offset, 
 from keystile.errors import validation_error
 from keystile.keys.schemas import KeyCreate, KeyCreated, KeyRead, KeyUpdate, Name, RotateRequest
 from keystile.keys.service import IssuedKey
-from keystile.responses import BEARER_ANSWERS, KEY_NOT_FOUND
+from keystile.responses import BEARER_ANSWERS, IDENTITY_NOT_FOUND, KEY_NOT_FOUND
 
 # The service's errors become responses in keystile.errors: KeyNotFoundError 404, KeyStateConflictError 409,
 # InvalidKeySettingsError 422. Every route reads the caller's account: 401 without a valid bearer token, 503 while the
@@ -46,7 +46,7 @@ def _reveal(issued: IssuedKey, response: Response) -> KeyCreated:
     response_model=KeyCreated,
     summary="Issue a key (the raw key is in this response only)",
     description="Give `?name=` (as in the lesson) or a JSON body, not both. Sent with `Cache-Control: no-store`.",
-    responses=_ISSUED,
+    responses=_ISSUED | IDENTITY_NOT_FOUND,
 )
 @router.post("", include_in_schema=False, status_code=status.HTTP_201_CREATED, response_model=KeyCreated)
 async def create_key(
