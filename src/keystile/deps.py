@@ -47,6 +47,7 @@ KeysDep = Annotated[KeyManager, Depends(_key_manager)]
 Limit = Annotated[int, Query(ge=1, le=100, description="page size")]
 Offset = Annotated[int, Query(ge=0, le=2**31, description="rows to skip")]
 KeyPk = Annotated[int, Path(ge=1, le=MAX_ID, description="The key's integer id")]
+IdentityPk = Annotated[int, Path(ge=1, le=MAX_ID, description="The identity's integer id")]
 UnusedForDays = Annotated[
     int | None, Query(ge=1, le=3650, description="only keys not used for this many days (never used: since creation)")
 ]

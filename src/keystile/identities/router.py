@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Response, status
+from fastapi import APIRouter, Depends, Response, status
 
-from keystile.db import MAX_ID
-from keystile.deps import CurrentUser, KeystileDep, Limit, Offset, SessionDep
+from keystile.deps import CurrentUser, IdentityPk, KeystileDep, Limit, Offset, SessionDep
 from keystile.identities.schemas import IdentityCreate, IdentityRead, IdentityUpdate
 from keystile.identities.service import IdentityManager
 from keystile.responses import BEARER_ANSWERS, IDENTITY_NOT_FOUND, Responses
 
 # IdentityNotFoundError becomes 404 and IdentityConflictError 409 in keystile.errors.
 router = APIRouter(prefix="/identities", tags=["identities"], responses=BEARER_ANSWERS)
-
-IdentityPk = Annotated[int, Path(ge=1, le=MAX_ID, description="The identity's integer id")]
 
 
 async def _identity_manager(keystile: KeystileDep, session: SessionDep) -> IdentityManager:

@@ -10,11 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.exceptions import RequestValidationError
 
-from keystile.db import MAX_ID
-from keystile.deps import CurrentUser, KeyPk, KeysDep, KeystileDep, SessionDep
+from keystile.deps import CurrentUser, IdentityPk, KeyPk, KeysDep, KeystileDep, SessionDep
 from keystile.responses import BEARER_ANSWERS, IDENTITY_NOT_FOUND, KEY_NOT_FOUND
 from keystile.usage import history
 from keystile.usage.history import MAX_BUCKETS, Window, WindowError
@@ -22,7 +21,6 @@ from keystile.usage.schemas import Interval, UsageHistory
 
 router = APIRouter(tags=["usage"], responses=BEARER_ANSWERS)
 
-IdentityPk = Annotated[int, Path(ge=1, le=MAX_ID, description="The identity's integer id")]
 
 _DESCRIPTION = f"""\
 Verifications by outcome in UTC buckets of an hour or a day, oldest first, zero-filled: on protected routes and
