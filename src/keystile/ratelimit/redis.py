@@ -20,14 +20,29 @@ setting.
 
 Exhausted windows are remembered: once this process has seen a window's counter at its limit, later requests on that
 bucket, window and limit are refused here without a round trip. This is exact because a counter never goes down
-within its window (the script only adds); a different limit or window length (a PATCH) is a different entry, so a
-raised limit goes to Redis at once. A flood of a limited key therefore costs Redis one call per process and window.
+within its window but by units handed back from leases (below), which the leases' bound counts; a different limit or
+window length (a PATCH) is a different entry, so a raised limit goes to Redis at once. A flood of a limited key
+therefore costs Redis one call per process and window.
+
+Leases, far below the limit: a request on a counter that is far from its limit takes, in its own script call, a few
+units more than its cost (`lease_size`), and this process admits its next requests on that counter from them with no
+round trip. The script grants a lease only while the counter, lease included, stays at or below half the limit, so
+from half the limit on every decision is made in Redis, one request at a time, exactly as without leases. Units are
+never admitted twice (a lease is units added to the shared counter), so no window ever admits more than its limit;
+the cost is the other way: a leased unit not yet used counts as used for everybody else. Unused units are handed back
+(a DECRBY in a later batch) when their lease has not been used for `LEASE_IDLE_SECONDS`, when the limit changes, and
+at shutdown. Hence the exactness bound (docs/RATE_LIMITS.md, "Leases"): with P processes, a window admits between
+limit - P x lease_size(limit) and limit, and fewer than the limit only while some process holds a lease it is not
+using; every admitted request still sees a distinct remaining count. Limits below 128 are never leased (a lease would
+be under two units), and requests passing several counters together (a key and its identity) are never leased.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime
 from typing import NamedTuple
 
@@ -41,10 +56,12 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from keystile.ratelimit.base import Counter, Decision, LimiterUnavailableError, Window, decide_together
 
 # A batch of requests, each passing one or more counters together (a key's limit and its identity's). ARGV holds, per
-# request: how many counters it has (n), its cost, then each counter's limit and expiry in ms; KEYS holds the
-# counters in the same order. The cost is added to every counter of a request or, when any would go over its limit,
-# to none. Returns each counter's value before its request. A counter expires a little after its window ends, so
-# Redis memory holds only live windows.
+# request: how many counters it has (n), its cost, the lease it asks for, then each counter's limit and expiry in ms;
+# KEYS holds the counters in the same order. The cost is added to every counter of a request or, when any would go
+# over its limit, to none. A lease (n = 1 only) is added on top of the cost when the counter stays at or below half
+# its limit with it. A negative cost hands back unused leased units to a window that still exists. Returns each
+# counter's value before its request. A counter expires a little after its window ends, so Redis memory holds only
+# live windows.
 _FIXED_WINDOWS = """
 local used_before = {}
 local k = 0
@@ -52,22 +69,36 @@ local a = 1
 while a <= #ARGV do
     local n = tonumber(ARGV[a])
     local cost = tonumber(ARGV[a + 1])
-    local fits = cost > 0
-    for j = 1, n do
-        local used = tonumber(redis.call('GET', KEYS[k + j]) or '0')
-        used_before[k + j] = used
-        if used + cost > tonumber(ARGV[a + 2 * j]) then
-            fits = false
-        end
-    end
-    if fits then
+    local lease = tonumber(ARGV[a + 2])
+    if cost < 0 then
         for j = 1, n do
-            redis.call('INCRBY', KEYS[k + j], cost)
-            redis.call('PEXPIRE', KEYS[k + j], ARGV[a + 2 * j + 1])
+            used_before[k + j] = 0
+            if redis.call('EXISTS', KEYS[k + j]) == 1 then
+                redis.call('DECRBY', KEYS[k + j], -cost)
+            end
+        end
+    else
+        local fits = cost > 0
+        for j = 1, n do
+            local used = tonumber(redis.call('GET', KEYS[k + j]) or '0')
+            used_before[k + j] = used
+            if used + cost > tonumber(ARGV[a + 1 + 2 * j]) then
+                fits = false
+            end
+        end
+        if fits then
+            local take = cost
+            if n == 1 and lease > 0 and 2 * (used_before[k + 1] + cost + lease) <= tonumber(ARGV[a + 3]) then
+                take = cost + lease
+            end
+            for j = 1, n do
+                redis.call('INCRBY', KEYS[k + j], take)
+                redis.call('PEXPIRE', KEYS[k + j], ARGV[a + 2 + 2 * j])
+            end
         end
     end
     k = k + n
-    a = a + 2 + 2 * n
+    a = a + 3 + 2 * n
 end
 return used_before
 """
@@ -80,6 +111,12 @@ TIMEOUT_SECONDS = 0.5
 # failover); redis-py's default of ten with backoff would hold a request for seconds while a shard is down.
 _CLUSTER_RETRY = Retry(NoBackoff(), 1)
 
+# A lease is this fraction of the limit, at most MAX_LEASE units: the most one process can hold unused.
+LEASE_DIVISOR = 64
+MAX_LEASE = 64
+# A lease unused for this long is handed back with the next batch (or at shutdown).
+LEASE_IDLE_SECONDS = 1.0
+
 # Past this many remembered exhausted windows, those that have ended are swept out (bucket names can be chosen by
 # clients: login emails, addresses).
 SWEEP_THRESHOLD = 10_000
@@ -89,12 +126,32 @@ Client = redis.Redis | RedisCluster
 _UNAVAILABLE = (RedisError, RedisClusterException, OSError)
 
 
+def lease_size(limit: int) -> int:
+    """The units a request asks for beyond its cost while its counter is far from `limit`; 0 for no lease."""
+    units = min(MAX_LEASE, limit // LEASE_DIVISOR)
+    return units if units >= 2 else 0
+
+
 class _Request(NamedTuple):
     """One decision waiting for its batch: its counters, the script's arguments, and where the answer goes."""
 
     keys: tuple[str, ...]
-    args: tuple[int, ...]  # len(keys), cost, then each counter's limit and expiry in ms
+    args: list[int]  # len(keys), cost, lease (which the batch may set to 0), then each limit and expiry in ms
     used_before: asyncio.Future[list[int]]
+
+
+class _Lease:
+    """Units of one window's counter that this process added in Redis and has not used yet."""
+
+    __slots__ = ("key", "left", "limit", "room", "start_ms", "used_at")
+
+    def __init__(self, key: str, start_ms: int, limit: int) -> None:
+        self.key = key  # the counter's Redis key, window included
+        self.start_ms = start_ms
+        self.limit = limit
+        self.left = 0
+        self.room = 0  # the limit minus the counter's value just after this process's last lease
+        self.used_at = 0.0  # monotonic
 
 
 class _Exhausted(NamedTuple):
@@ -106,7 +163,9 @@ class _Exhausted(NamedTuple):
 
 
 class RedisRateLimiter:
-    def __init__(self, client: Client, *, url: str | None = None) -> None:
+    def __init__(
+        self, client: Client, *, url: str | None = None, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         """`url`, when given, is where `client` connects: before the first batch the server is asked whether it is a
         cluster node, and if so `client` is replaced by a cluster client for the same URL."""
         self._use(client)
@@ -117,6 +176,11 @@ class RedisRateLimiter:
         self._exhausted: dict[str, _Exhausted] = {}
         self._seen: dict[tuple[str, int], int] = {}  # (bucket, window start) -> count, for counters passed together
         self._next_sweep_size = SWEEP_THRESHOLD
+        self._leases: dict[str, _Lease] = {}  # by bucket
+        self._leasing: set[str] = set()  # buckets with a lease asked for and not yet answered: one at a time
+        self._returns: list[tuple[str, int]] = []  # (Redis key, units) to hand back with the next batch
+        self._next_idle_check = 0.0
+        self._monotonic = monotonic
 
     @classmethod
     def from_url(cls, url: str) -> RedisRateLimiter:
@@ -126,15 +190,53 @@ class RedisRateLimiter:
 
     async def hit(self, bucket: str, *, limit: int, window_seconds: int, cost: int, now: datetime) -> Decision:
         window = Window.at(now, window_seconds)
+        lease = self._leases.get(bucket)
+        if lease is not None:
+            if lease.start_ms != window.start_ms or lease.limit != limit:
+                self._end_lease(bucket, lease, window)
+                lease = None
+            elif cost and lease.left >= cost:  # before the exhausted check: these units are this process's own
+                lease.left -= cost
+                lease.used_at = self._monotonic()
+                return Decision(True, limit, window.seconds, lease.room + lease.left, window.reset_seconds)
         exhausted = _Exhausted(window.start_ms, window.seconds, limit)
         if self._exhausted.get(bucket) == exhausted:
             return window.decide(used_before=limit, limit=limit, cost=cost)[0]
+        key = f"{KEY_PREFIX}{bucket}:{window.start_ms}"
         expiry_ms = window.end_ms - window.now_ms + 1000
-        used = await self._ask((f"{KEY_PREFIX}{bucket}:{window.start_ms}",), (1, cost, limit, expiry_ms))
-        decision, used_after = window.decide(used_before=used[0], limit=limit, cost=cost)
+        wanted = lease_size(limit) if cost and bucket not in self._leasing else 0
+        if not wanted:
+            used = (await self._ask((key,), [1, cost, 0, limit, expiry_ms]))[0]
+        else:
+            self._leasing.add(bucket)
+            args = [1, cost, wanted, limit, expiry_ms]
+            try:
+                used = (await self._ask((key,), args))[0]
+            finally:
+                self._leasing.discard(bucket)
+            wanted = args[2]  # 0 if its batch withdrew the lease (`_withdraw_contended_leases`)
+            if wanted and 2 * (used + cost + wanted) <= limit:  # the script's own rule: the lease was granted
+                return self._granted(bucket, key, window, limit, used + cost + wanted, wanted)
+        decision, used_after = window.decide(used_before=used, limit=limit, cost=cost)
         if used_after >= limit:
             self._remember_exhausted(bucket, exhausted)
         return decision
+
+    def _granted(self, bucket: str, key: str, window: Window, limit: int, used_after: int, units: int) -> Decision:
+        lease = self._leases.get(bucket)
+        if lease is None or lease.start_ms != window.start_ms or lease.limit != limit:
+            lease = self._leases[bucket] = _Lease(key, window.start_ms, limit)
+        lease.left += units
+        lease.room = limit - used_after
+        lease.used_at = self._monotonic()
+        return Decision(True, limit, window.seconds, lease.room + lease.left, window.reset_seconds)
+
+    def _end_lease(self, bucket: str, lease: _Lease, window: Window) -> None:
+        """Forget a lease of another window or limit, handing its units back if its window is still the current one
+        (a changed limit); the units of a window that has ended expire with its counter."""
+        del self._leases[bucket]
+        if lease.left and lease.start_ms == window.start_ms:
+            self._returns.append((lease.key, lease.left))
 
     async def hit_all(self, counters: list[Counter], *, cost: int, now: datetime) -> list[Decision]:
         windows = [Window.at(now, counter.window_seconds) for counter in counters]
@@ -148,10 +250,10 @@ class RedisRateLimiter:
             ]
             return decide_together(windows, counters, used, cost)
         keys = tuple(f"{KEY_PREFIX}{c.bucket}:{w.start_ms}" for c, w in zip(counters, windows, strict=True))
-        args = [len(counters), cost]
+        args = [len(counters), cost, 0]
         for counter, window in zip(counters, windows, strict=True):
             args += (counter.limit, window.end_ms - window.now_ms + 1000)
-        used = await self._ask(keys, tuple(args))
+        used = await self._ask(keys, args)
         decisions = decide_together(windows, counters, used, cost)
         admitted = all(d.allowed for d in decisions)
         for counter, window, exhausted, used_before in zip(counters, windows, remembered, used, strict=True):
@@ -163,7 +265,7 @@ class RedisRateLimiter:
             self._seen.clear()  # only shown in refusals' headers: losing it costs nothing but accuracy there
         return decisions
 
-    async def _ask(self, keys: tuple[str, ...], args: tuple[int, ...]) -> list[int]:
+    async def _ask(self, keys: tuple[str, ...], args: list[int]) -> list[int]:
         """The counters' values before this request, from the batch it joins."""
         loop = asyncio.get_running_loop()
         request = _Request(keys, args, loop.create_future())
@@ -187,7 +289,10 @@ class RedisRateLimiter:
             self._next_sweep_size = max(SWEEP_THRESHOLD, 2 * len(self._exhausted))
 
     async def _send_waiting(self) -> None:
-        batch, self._waiting = self._waiting, []
+        self._return_idle_leases()
+        # Hand-backs first: a decision in the same batch (on a lowered limit, say) sees the counter without them.
+        batch, self._waiting = self._take_returns() + self._waiting, []
+        _withdraw_contended_leases(batch)
         try:
             await self._probe_for_cluster()
             await asyncio.gather(*(self._send(group) for group in self._groups(batch)))
@@ -196,6 +301,29 @@ class RedisRateLimiter:
         except asyncio.CancelledError:  # shutdown: no waiter may be left hanging
             _fail(batch, RedisError("rate limit decision cancelled"))
             raise
+
+    def _return_idle_leases(self) -> None:
+        """At most once per LEASE_IDLE_SECONDS, queue the units of leases unused for that long to be handed back."""
+        now = self._monotonic()
+        if now < self._next_idle_check or not self._leases:
+            return
+        self._next_idle_check = now + LEASE_IDLE_SECONDS
+        idle = [bucket for bucket, lease in self._leases.items() if now - lease.used_at >= LEASE_IDLE_SECONDS]
+        for bucket in idle:
+            lease = self._leases.pop(bucket)
+            if lease.left:
+                self._returns.append((lease.key, lease.left))
+
+    def _take_returns(self) -> list[_Request]:
+        """The queued hand-backs as requests of a batch; nobody awaits their answer."""
+        loop = asyncio.get_running_loop()
+        requests = []
+        for key, units in self._returns:
+            answer: asyncio.Future[list[int]] = loop.create_future()
+            answer.add_done_callback(_ignore_answer)
+            requests.append(_Request((key,), [1, -units, 0, 0, 0], answer))
+        self._returns = []
+        return requests
 
     def _groups(self, batch: list[_Request]) -> list[list[_Request]]:
         """The batch as script calls: all of it on a single Redis, one call per hash slot on a cluster."""
@@ -261,7 +389,34 @@ class RedisRateLimiter:
             return False
 
     async def close(self) -> None:
+        """Hand back every lease's unused units (best effort: if Redis is gone they expire with their window), then
+        close the connections."""
+        self._returns += [(lease.key, lease.left) for lease in self._leases.values() if lease.left]
+        self._leases.clear()
+        if self._returns:  # each group's failure is its own (`_send`): nothing raises here
+            await asyncio.gather(*(self._send(group) for group in self._groups(self._take_returns())))
         await self._client.aclose()
+
+
+def _withdraw_contended_leases(batch: list[_Request]) -> None:
+    """No lease for a counter that other requests of the same batch pass too. Those requests come faster than one
+    per round trip, which batching already serves with one call, and they are decided in Redis whatever the lease:
+    a lease granted now would sit unused, counted as used by everybody, after a burst that has been answered."""
+    if len(batch) < 2 or not any(request.args[2] for request in batch):
+        return
+    requests_on: dict[str, int] = {}
+    for request in batch:
+        for key in request.keys:
+            requests_on[key] = requests_on.get(key, 0) + 1
+    for request in batch:
+        if request.args[2] and requests_on[request.keys[0]] > 1:
+            request.args[2] = 0
+
+
+def _ignore_answer(answer: asyncio.Future[list[int]]) -> None:
+    """A hand-back's answer is not needed; its failure is read here so that asyncio does not log it."""
+    if not answer.cancelled():
+        answer.exception()
 
 
 def _fail(batch: list[_Request], error: Exception) -> None:
