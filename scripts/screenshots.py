@@ -3,8 +3,8 @@
     .venv/bin/python scripts/screenshots.py [--chromium /usr/bin/chromium]
 
 Starts `keystile serve` on a free port with a throwaway SQLite database, registers a user, creates a few keys (and
-some usage), then photographs the pages at a laptop's and a phone's size. Needs Playwright (the `test` extra) and
-Chromium; it never downloads a browser.
+some usage), then photographs the pages (keys, a key, an identity, ...) at a laptop's and a phone's size. Needs
+Playwright (the `test` extra) and Chromium; it never downloads a browser.
 """
 
 from __future__ import annotations
@@ -61,14 +61,16 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def seed(url: str) -> None:
-    """A user with a few keys, one used, one disabled, one revoked."""
+    """A user with an identity and a few keys, two used (one of them the identity's), one disabled, one revoked."""
     with httpx.Client(base_url=url, timeout=10) as http:
         http.post("/auth/register", json={"email": EMAIL, "password": PASSWORD}).raise_for_status()
         token = http.post("/auth/token", data={"username": EMAIL, "password": PASSWORD}).json()["access_token"]
         bearer = {"Authorization": f"Bearer {token}"}
-        http.post("/identities", json={"external_id": "acme-corp", "quota": 10000}, headers=bearer).raise_for_status()
+        identity = http.post("/identities", json={"external_id": "acme-corp", "quota": 10000}, headers=bearer)
+        identity.raise_for_status()
         specs = [
             {"name": "billing-service", "scopes": ["read:data", "write:data"], "quota": 5000},
+            {"name": "acme-production", "scopes": ["read:data"], "identity_id": identity.json()["id"]},
             {"name": "analytics-export", "scopes": ["read:data"], "rate_limit": {"limit": 100, "window_seconds": 60}},
             {"name": "staging", "scopes": []},
             {"name": "old-integration", "scopes": ["read:data"]},
@@ -76,8 +78,10 @@ def seed(url: str) -> None:
         created = [http.post("/keys/", json=spec, headers=bearer).json() for spec in specs]
         for _ in range(25):
             http.get("/data/export", headers={"X-API-Key": created[0]["key"]})
-        http.patch(f"/keys/{created[2]['id']}", json={"enabled": False}, headers=bearer)
-        http.post(f"/keys/{created[3]['id']}/revoke", headers=bearer)
+        for _ in range(12):
+            http.get("/data/export", headers={"X-API-Key": created[1]["key"]})
+        http.patch(f"/keys/{created[3]['id']}", json={"enabled": False}, headers=bearer)
+        http.post(f"/keys/{created[4]['id']}/revoke", headers=bearer)
 
 
 def sign_in(page: Page) -> None:
@@ -115,6 +119,9 @@ def photograph(url: str, chromium: str) -> None:
             shoot(laptop, "reveal")
             laptop.goto("/ui/audit")
             shoot(laptop, "audit")
+            laptop.get_by_role("link", name="Identities").click()
+            laptop.get_by_role("link", name="acme-corp").click()
+            shoot(laptop, "identity")
             phone = browser.new_context(base_url=url, viewport=PHONE, is_mobile=True).new_page()
             sign_in(phone)
             shoot(phone, "keys-phone")

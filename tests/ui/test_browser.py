@@ -1,5 +1,5 @@
 """The dashboard in a real browser: sign in, create and copy a key and use it, the one-time reveal, rotate, disable,
-revoke, ownership, CSRF, sign-out, pages without JavaScript, keyboard-only use."""
+revoke, an admin's revoke, ownership, CSRF, sign-out, pages without JavaScript, keyboard-only use."""
 
 from __future__ import annotations
 
@@ -186,7 +186,32 @@ def test_another_users_key_is_404_and_the_admin_page_is_403_for_others(
         admin = admin_context.new_page()
         sign_in(admin, admin_email)
         admin.get_by_role("link", name="All keys").click()
-        expect(admin.get_by_role("cell", name="owners key")).to_be_visible()
+        expect(admin.get_by_role("cell", name="owners key", exact=True)).to_be_visible()
+    finally:
+        admin_context.close()
+
+
+def test_an_admin_revokes_another_users_key_only_after_confirming(
+    browser: Browser, page: Page, server: KeystileServer, tmp_path: Path
+) -> None:
+    owner = signed_in(page, server, "owner")
+    raw = create_key(page, "key to pull")
+    admin_email = new_email("admin")
+    create_admin(server.env_for_cli, admin_email, tmp_path)  # type: ignore[attr-defined]
+    admin_context = browser.new_context(base_url=server.url)
+    try:
+        admin = admin_context.new_page()
+        sign_in(admin, admin_email)
+        admin.get_by_role("link", name="Users").click()
+        expect(admin.get_by_role("cell", name=owner)).to_be_visible()
+        admin.get_by_role("link", name="All keys").click()
+        admin.get_by_role("button", name="Revoke key to pull").click()
+        expect(admin.get_by_role("heading", name="Revoke key to pull?")).to_be_visible()
+        assert export_status(server, raw) == 200  # nothing revoked before the confirmation
+        admin.get_by_role("button", name="Confirm revoke").click()
+        expect(admin.get_by_role("heading", name="All keys")).to_be_visible()
+        expect(admin.get_by_role("button", name="Revoke key to pull")).to_have_count(0)
+        assert export_status(server, raw) == 401
     finally:
         admin_context.close()
 

@@ -7,11 +7,14 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from keystile.audit.models import AuditEvent
 from keystile.clock import FakeClock
 from keystile.events.models import OutboxEvent
 from keystile.identities.models import Identity
 from keystile.keys.models import ApiKey
 from keystile.ui.listing import PAGE_SIZE
+from keystile.users.models import User
+from keystile.webhooks.models import WebhookEndpoint
 from tests.conftest import MakeClient
 from tests.helpers import EXPORT, KeystileClient, make_admin
 from tests.ui.pages import create_key_in_form, revealed, sign_in
@@ -199,3 +202,169 @@ async def test_the_audit_page_lists_the_visitors_events(client: KeystileClient) 
     assert page.status_code == 200
     assert "key.created" in page.text
     assert "user.registered" in page.text
+
+
+async def identity_in_form(client: KeystileClient, csrf: str, external_id: str = "acme") -> Identity:
+    created = await client.post("/ui/identities/new", data={"csrf_token": csrf, "external_id": external_id})
+    assert created.status_code == 303
+    async with client.keystile.session_factory() as session:
+        return (await session.scalars(select(Identity).where(Identity.external_id == external_id))).one()
+
+
+async def test_the_identity_page_lists_its_keys_and_charts_its_usage(client: KeystileClient) -> None:
+    csrf = await sign_in(client)
+    identity = await identity_in_form(client, csrf)
+    mine = await create_key_in_form(client, csrf, name="acme key", identity_id=str(identity.id))
+    await create_key_in_form(client, csrf, name="unrelated key")
+    for _ in range(2):
+        assert (await client.get(EXPORT, headers={"X-API-Key": revealed(mine.text)})).status_code == 200
+    page = await client.get(f"/ui/identities/{identity.id}")
+    assert page.status_code == 200
+    assert "<h1>acme</h1>" in page.text
+    assert f'<a href="/ui/keys/{key_pk_of(mine.text)}">acme key</a>' in page.text
+    assert "unrelated key" not in page.text
+    assert re.search(r'data-label="State"><span class="state state-active">Active</span>', page.text)
+    assert '<td data-label="Uses">2</td>' in page.text
+    assert "Last 24 hours, by hour: 2 admitted, 0 refused" in page.text
+    assert "Last 30 days, by day: 2 admitted, 0 refused" in page.text
+    assert page.text.count('class="bar-valid"') == 2
+    assert ">Save identity</button>" in page.text
+    refused = await client.post(f"/ui/identities/{identity.id}", data={"csrf_token": csrf, "external_id": ""})
+    assert refused.status_code == 422
+    assert "acme key" in refused.text  # the whole page again, with the form's errors
+    async with client.keystile.session_factory() as session:
+        assert (await session.get(Identity, identity.id)).external_id == "acme"  # type: ignore[union-attr]
+
+
+async def test_another_users_identity_page_is_404(client: KeystileClient) -> None:
+    identity = await identity_in_form(client, await sign_in(client))
+    client.cookies.clear()
+    await sign_in(client, "mallory@example.com")
+    response = await client.get(f"/ui/identities/{identity.id}")
+    assert response.status_code == 404
+    assert "acme" not in response.text
+
+
+async def test_admins_see_every_user_with_their_key_count(client: KeystileClient) -> None:
+    csrf = await sign_in(client, "bob@example.com")
+    for name in ("one", "two"):
+        await create_key_in_form(client, csrf, name=name)
+    assert (await client.get("/ui/admin/users")).status_code == 403
+    client.cookies.clear()
+    await sign_in(client, "admin@example.com")
+    await make_admin(client, "admin@example.com")
+    page = await client.get("/ui/admin/users")
+    assert page.status_code == 200
+    rows = re.findall(
+        r'data-label="Email">([^<]+)</td>\s*<td data-label="Admin">(\w+)</td>.*?data-label="Keys">(\d+)</td>',
+        page.text,
+        re.DOTALL,
+    )
+    assert rows == [("bob@example.com", "No", "2"), ("admin@example.com", "Yes", "0")]
+    assert 'href="/ui/admin/users"' in (await client.get("/ui/keys")).text
+
+
+async def test_an_admin_revokes_anyones_key_after_confirming_and_is_the_recorded_actor(client: KeystileClient) -> None:
+    bob_csrf = await sign_in(client, "bob@example.com")
+    created = await create_key_in_form(client, bob_csrf, name="bobs key")
+    raw, key_pk = revealed(created.text), key_pk_of(created.text)
+    as_bob = await client.post(f"/ui/admin/keys/{key_pk}/revoke", data={"csrf_token": bob_csrf, "confirm": "yes"})
+    assert as_bob.status_code == 403
+    assert (await stored_key(client, key_pk)).is_active
+    client.cookies.clear()
+    csrf = await sign_in(client, "admin@example.com")
+    await make_admin(client, "admin@example.com")
+    listed = await client.get("/ui/admin/keys")
+    assert 'aria-label="Revoke bobs key"' in listed.text
+    asked = await client.post(f"/ui/admin/keys/{key_pk}/revoke", data={"csrf_token": csrf})
+    assert asked.status_code == 200
+    assert "Confirm revoke" in asked.text
+    assert f'action="/ui/admin/keys/{key_pk}/revoke"' in asked.text
+    assert (await stored_key(client, key_pk)).is_active
+    done = await client.post(f"/ui/admin/keys/{key_pk}/revoke", data={"csrf_token": csrf, "confirm": "yes"})
+    assert done.status_code == 303
+    assert done.headers["location"] == "/ui/admin/keys"
+    assert not (await stored_key(client, key_pk)).is_active
+    assert (await client.get(EXPORT, headers={"X-API-Key": raw})).status_code == 401
+    async with client.keystile.session_factory() as session:
+        admin_id = await session.scalar(select(User.id).where(User.email == "admin@example.com"))
+        events = list(await session.scalars(select(AuditEvent).where(AuditEvent.action == "key.revoked")))
+    assert [(event.api_key_id, event.actor_id) for event in events] == [(key_pk, admin_id)]
+    assert 'aria-label="Revoke bobs key"' not in (await client.get("/ui/admin/keys")).text
+    missing = await client.post("/ui/admin/keys/999999/revoke", data={"csrf_token": csrf, "confirm": "yes"})
+    assert missing.status_code == 404
+
+
+async def stored_webhook(client: KeystileClient, webhook_id: int) -> WebhookEndpoint | None:
+    async with client.keystile.session_factory() as session:
+        return await session.get(WebhookEndpoint, webhook_id)
+
+
+async def webhook_in_form(client: KeystileClient, csrf: str, url: str = "http://127.0.0.1:9/hook") -> int:
+    data = {"csrf_token": csrf, "url": url, "events": ["key.created"], "description": "first"}
+    created = await client.post("/ui/webhooks/new", data=data)
+    assert created.status_code == 200, created.text
+    return int(re.search(r'href="/ui/webhooks/(\d+)"', created.text)[1])  # type: ignore[index]
+
+
+async def test_a_webhook_is_edited_disabled_enabled_and_deleted_after_confirming(make_client: MakeClient) -> None:
+    client = await make_client(webhook_allow_private=True)
+    csrf = await sign_in(client)
+    webhook_id = await webhook_in_form(client, csrf)
+    page = await client.get(f"/ui/webhooks/{webhook_id}")
+    assert 'value="http://127.0.0.1:9/hook"' in page.text  # the edit form starts from the stored values
+    changes = {"url": "http://127.0.0.1:9/other", "events": ["key.revoked", "key.rotated"], "description": ""}
+    edited = await client.post(f"/ui/webhooks/{webhook_id}/edit", data={"csrf_token": csrf} | changes)
+    assert edited.status_code == 303
+    row = await stored_webhook(client, webhook_id)
+    assert row is not None
+    assert (row.url, row.events, row.description) == ("http://127.0.0.1:9/other", ["key.revoked", "key.rotated"], None)
+    refused = await client.post(f"/ui/webhooks/{webhook_id}/edit", data={"csrf_token": csrf, "url": "x", "events": []})
+    assert refused.status_code == 422
+    assert 'id="events-error"' in refused.text
+    assert (await stored_webhook(client, webhook_id)).url == "http://127.0.0.1:9/other"  # type: ignore[union-attr]
+
+    assert (await client.post(f"/ui/webhooks/{webhook_id}/disable", data={"csrf_token": csrf})).status_code == 303
+    assert not (await stored_webhook(client, webhook_id)).enabled  # type: ignore[union-attr]
+    assert ">Enable</button>" in (await client.get(f"/ui/webhooks/{webhook_id}")).text
+    assert (await client.post(f"/ui/webhooks/{webhook_id}/test", data={"csrf_token": csrf})).status_code == 409
+    assert (await client.post(f"/ui/webhooks/{webhook_id}/enable", data={"csrf_token": csrf})).status_code == 303
+    assert (await stored_webhook(client, webhook_id)).enabled  # type: ignore[union-attr]
+
+    asked = await client.post(f"/ui/webhooks/{webhook_id}/delete", data={"csrf_token": csrf})
+    assert asked.status_code == 200
+    assert ">Confirm delete</button>" in asked.text
+    assert await stored_webhook(client, webhook_id) is not None
+    deleted = await client.post(f"/ui/webhooks/{webhook_id}/delete", data={"csrf_token": csrf, "confirm": "yes"})
+    assert deleted.status_code == 303
+    assert deleted.headers["location"] == "/ui/webhooks"
+    assert await stored_webhook(client, webhook_id) is None
+    assert (await client.get(f"/ui/webhooks/{webhook_id}")).status_code == 404
+
+
+async def test_a_webhook_edit_to_a_private_address_is_422_on_the_form_and_changes_nothing(
+    client: KeystileClient,
+) -> None:
+    csrf = await sign_in(client)
+    webhook_id = await webhook_in_form(client, csrf, url="http://93.184.215.14/hook")
+    changes = {"url": "http://127.0.0.1:9/hook", "events": ["key.revoked"], "description": "changed"}
+    refused = await client.post(f"/ui/webhooks/{webhook_id}/edit", data={"csrf_token": csrf} | changes)
+    assert refused.status_code == 422
+    assert 'id="url-error"' in refused.text
+    assert 'value="http://127.0.0.1:9/hook"' in refused.text  # what was typed, to correct
+    row = await stored_webhook(client, webhook_id)
+    assert row is not None
+    assert (row.url, row.events, row.description) == ("http://93.184.215.14/hook", ["key.created"], "first")
+
+
+async def test_another_users_webhook_cannot_be_changed(make_client: MakeClient) -> None:
+    client = await make_client(webhook_allow_private=True)
+    webhook_id = await webhook_in_form(client, await sign_in(client))
+    client.cookies.clear()
+    csrf = await sign_in(client, "mallory@example.com")
+    for action in ("edit", "disable", "delete"):
+        data = {"csrf_token": csrf, "confirm": "yes", "url": "http://127.0.0.1:9/x", "events": ["key.created"]}
+        assert (await client.post(f"/ui/webhooks/{webhook_id}/{action}", data=data)).status_code == 404
+    row = await stored_webhook(client, webhook_id)
+    assert row is not None
+    assert (row.url, row.enabled) == ("http://127.0.0.1:9/hook", True)

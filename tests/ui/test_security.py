@@ -13,7 +13,7 @@ from keystile.keys.models import ApiKey
 from keystile.ui import sessions
 from keystile.ui.models import UiSession
 from tests.conftest import MakeClient
-from tests.helpers import PASSWORD, KeystileClient, register
+from tests.helpers import PASSWORD, KeystileClient, make_admin, register
 from tests.ui.pages import create_key_in_form, csrf_of, sign_in
 
 
@@ -246,3 +246,76 @@ async def test_an_invalid_create_form_is_422_with_the_form_again_and_creates_not
     assert response.status_code == 422, response.text
     assert "The key was not created" in response.text
     assert await count(client, ApiKey) == 0
+
+
+async def sign_in_cookie(client: KeystileClient, headers: dict[str, str]) -> str:
+    await register(client)
+    form = await client.get("/ui/login", headers=headers)
+    # Sent by hand: the client talks plain http to the app, so its jar keeps a Secure cookie to itself.
+    login_cookie = next(v for v in form.headers.get_list("set-cookie") if v.startswith("keystile_login="))
+    response = await client.post(
+        "/ui/login",
+        data={"email": "alice@example.com", "password": PASSWORD, "csrf_token": csrf_of(form.text)},
+        headers=headers | {"Cookie": login_cookie.split(";")[0]},
+    )
+    assert response.status_code == 303
+    return next(v for v in response.headers.get_list("set-cookie") if v.startswith(f"{sessions.COOKIE}="))
+
+
+@pytest.mark.parametrize(
+    ("trusted", "proto", "secure"),
+    [
+        pytest.param(["127.0.0.1"], "https", True, id="https-from-a-trusted-proxy"),
+        pytest.param(["127.0.0.1"], "https, http", True, id="left-most-hop-is-the-browsers"),
+        pytest.param(["127.0.0.1"], "http", False, id="http-from-a-trusted-proxy"),
+        pytest.param([], "https", False, id="https-claimed-by-an-untrusted-peer"),
+        pytest.param(["10.0.0.0/8"], "https", False, id="peer-outside-the-trusted-proxies"),
+    ],
+)
+async def test_behind_a_trusted_tls_proxy_the_session_cookie_is_secure(
+    make_client: MakeClient, trusted: list[str], proto: str, secure: bool
+) -> None:
+    """The in-process client connects from 127.0.0.1, like a proxy on the same host."""
+    client = await make_client(trusted_proxies=trusted)
+    cookie = await sign_in_cookie(client, {"X-Forwarded-Proto": proto})
+    assert ("secure" in {part.strip().lower() for part in cookie.split(";")[1:]}) is secure
+
+
+async def test_failed_dashboard_sign_ins_lock_auth_token_too_and_each_is_audited(make_client: MakeClient) -> None:
+    client = await make_client(login_max_failures_per_email=2)
+    await register(client)
+    for _ in range(2):
+        form = await client.get("/ui/login")
+        data = {"email": "alice@example.com", "password": "wrong password", "csrf_token": csrf_of(form.text)}
+        assert (await client.post("/ui/login", data=data)).status_code == 401
+    token = await client.post("/auth/token", data={"username": "alice@example.com", "password": PASSWORD})
+    assert token.status_code == 429
+    assert int(token.headers["retry-after"]) > 0
+    async with client.keystile.session_factory() as session:
+        failures = list(await session.scalars(select(AuditEvent).where(AuditEvent.action == "user.login_failed")))
+    assert len(failures) == 2
+    assert all(event.actor_id is not None and event.ip == "127.0.0.1" for event in failures)
+
+
+async def test_the_new_pages_send_the_same_headers_and_no_inline_script(make_client: MakeClient) -> None:
+    client = await make_client(webhook_allow_private=True)
+    csrf = await sign_in(client, "admin@example.com")
+    await make_admin(client, "admin@example.com")
+    await client.post("/ui/identities/new", data={"csrf_token": csrf, "external_id": "acme"})
+    created = await client.post(
+        "/ui/webhooks/new", data={"csrf_token": csrf, "url": "http://127.0.0.1:9/h", "events": ["key.created"]}
+    )
+    webhook_path = re.search(r'href="(/ui/webhooks/\d+)"', created.text)[1]  # type: ignore[index]
+    identity_path = re.search(r'href="(/ui/identities/\d+)"', (await client.get("/ui/identities")).text)[1]  # type: ignore[index]
+    for path in ("/ui/admin/users", "/ui/admin/keys", identity_path, webhook_path):
+        response = await client.get(path)
+        assert response.status_code == 200, path
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        assert response.headers["cache-control"] == "no-store"
+        assert re.search(r"<script(?![^>]*\bsrc=)", response.text) is None, path
+        assert " style=" not in response.text, path
+        assert re.search(r"\son[a-z]+=", response.text) is None, path
+    for path in (f"{webhook_path}/edit", f"{webhook_path}/delete", "/ui/admin/keys/1/revoke"):
+        refused = await client.post(path, data={"confirm": "yes"})
+        assert refused.status_code == 403, path
+    assert (await client.get(webhook_path)).status_code == 200  # the refused delete deleted nothing

@@ -74,7 +74,8 @@ class DeliveryAttempt(Base):
     delivery_id: Mapped[int] = mapped_column(ForeignKey(WebhookDelivery.id, ondelete="CASCADE"), index=True)
     endpoint_id: Mapped[int] = mapped_column(ForeignKey(WebhookEndpoint.id, ondelete="CASCADE"), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
-    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Indexed for the pruning of old attempts (events/retention.py), which picks them by `at`.
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     error: Mapped[str | None] = mapped_column(String(200), default=None)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

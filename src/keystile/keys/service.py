@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
+from typing import Literal, get_args
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +31,32 @@ from keystile.usage.recorder import UsageRecorder
 
 # A key_id collision needs two draws of 71 bits to meet; retrying covers the astronomically unlucky case.
 _KEY_ID_ATTEMPTS = 3
+
+# One word for where a key stands, the first that holds: Revoked (final), Expired, Disabled (a pause), Active.
+KeyState = Literal["Active", "Disabled", "Expired", "Revoked"]
+KEY_STATES: tuple[KeyState, ...] = get_args(KeyState)
+
+
+def key_state(key: KeyRead, now: datetime) -> KeyState:
+    if not key.is_active:
+        return "Revoked"
+    if key.expires_at is not None and key.expires_at <= now:
+        return "Expired"
+    if not key.enabled:
+        return "Disabled"
+    return "Active"
+
+
+def _state_condition(state: KeyState, now: datetime) -> ColumnElement[bool]:
+    """`key_state` as SQL: the keys whose state at `now` is `state`."""
+    unexpired = or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now)
+    conditions: dict[KeyState, ColumnElement[bool]] = {
+        "Revoked": ApiKey.is_active.is_(False),
+        "Expired": and_(ApiKey.is_active.is_(True), ApiKey.expires_at <= now),
+        "Disabled": and_(ApiKey.is_active.is_(True), unexpired, ApiKey.enabled.is_(False)),
+        "Active": and_(ApiKey.is_active.is_(True), unexpired, ApiKey.enabled.is_(True)),
+    }
+    return conditions[state]
 
 
 class KeyNotFoundError(Exception):
@@ -70,16 +97,28 @@ class KeyManager:
     # Reads
 
     async def list_page(
-        self, *, owner_id: int | None, limit: int, offset: int, unused_for_days: int | None = None
+        self,
+        *,
+        owner_id: int | None,
+        limit: int,
+        offset: int,
+        unused_for_days: int | None = None,
+        state: KeyState | None = None,
+        identity_id: int | None = None,
     ) -> list[ApiKey]:
         """Keys newest first; all owners' keys when `owner_id` is None (admin listing).
 
         With `unused_for_days`, only keys not used for that long; a key never used counts from its creation. The uses
         this process still holds in memory are written first, so a key just used here is never listed as stale.
+        With `state`, only keys in that state now (`key_state`); with `identity_id`, only that identity's keys.
         """
         query = select(ApiKey).order_by(ApiKey.id.desc()).limit(limit).offset(offset)
         if owner_id is not None:
             query = query.where(ApiKey.user_id == owner_id)
+        if state is not None:
+            query = query.where(_state_condition(state, self.clock()))
+        if identity_id is not None:
+            query = query.where(ApiKey.identity_id == identity_id)
         if unused_for_days is not None:
             await self.usage.flush()
             cutoff = self.clock() - timedelta(days=unused_for_days)

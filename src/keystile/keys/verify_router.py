@@ -4,48 +4,27 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from keystile.asgi import Refusal, check_request, rate_limit_fields
-from keystile.deps import bearer_token, user_from_token
-from keystile.fastapi import http_exception
-from keystile.instance import Keystile, keystile_of
+from keystile.callers import CallerCheck
+from keystile.instance import keystile_of
 from keystile.keys.records import Outcome, Verification
 from keystile.net import parse_ip
 from keystile.ratelimit.base import Decision
-from keystile.responses import DETAIL_BODY, RETRY_AFTER, challenge
 
 router = APIRouter(prefix="/v1/keys", tags=["verify"])
 
 VERIFY_SCOPE = "keys:verify"
-_VERIFY_SCOPES = (VERIFY_SCOPE,)
 
-# The answers about the caller, each a `{"detail": str}` body; the key being checked is always answered with a 200.
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {
-        "description": "No caller credentials, an invalid caller key or an invalid bearer token",
-        "content": DETAIL_BODY,
-        "headers": challenge("`APIKey`, `Bearer`"),
-    },
-    403: {
-        "description": "A bearer token of a non-admin, or a caller key without `keys:verify` or from a refused address",
-        "content": DETAIL_BODY,
-    },
-    429: {
-        "description": "The caller key is rate limited, out of quota or failed too often from this address",
-        "content": DETAIL_BODY,
-        "headers": {"Retry-After": RETRY_AFTER},
-    },
-    503: {
-        "description": "Rate limiting unavailable (RATE_LIMIT_FAILURE=closed), or the database unavailable",
-        "content": DETAIL_BODY,
-        "headers": {"Retry-After": RETRY_AFTER},
-    },
-}
+# The answers about the caller; the key being checked is always answered with a 200.
+CALLER = CallerCheck(
+    VERIFY_SCOPE,
+    forbidden="A bearer token of a non-admin, or a caller key without `keys:verify` or from a refused address",
+)
 
 
 class VerifyRequest(BaseModel):
@@ -96,41 +75,6 @@ class VerifyResponse(BaseModel):
     ratelimit: RateLimitState | None = None
     quota_remaining: int | None = None
     identity: IdentityAnswer | None = None
-
-
-_NO_CALLER = Refusal(
-    401, "Admin bearer token or API key with scope keys:verify required", {"WWW-Authenticate": "Bearer, APIKey"}
-)
-_NOT_ADMIN = Refusal(403, "Admin privileges or scope keys:verify required")
-
-
-class _Caller(NamedTuple):
-    owner_id: int | None  # whose keys it may verify; None: everyone's (an admin)
-    rate_limit_fields: tuple[tuple[bytes, bytes], ...]  # the caller key's own RateLimit fields, for the response
-
-
-async def _caller(keystile: Keystile, request: Request) -> _Caller:
-    """Who is asking, and so whose keys they may verify.
-
-    An API key holding `keys:verify` answers for its owner's keys only, unless an admin owns it; an admin's bearer
-    token answers for all. A request carrying an API key is judged by the key, whatever bearer token comes with it.
-    """
-    if request.headers.get("x-api-key"):
-        checked = await check_request(keystile, request.scope, _VERIFY_SCOPES)
-        if isinstance(checked, Refusal):
-            raise http_exception(checked)
-        caller = checked.key
-        assert caller is not None  # a VALID verification always carries its key
-        fields = rate_limit_fields(checked)
-        return _Caller(None if caller.owner_is_admin else caller.user_id, fields)
-    token = await bearer_token(request)
-    if not token:
-        raise http_exception(_NO_CALLER)
-    async with keystile.session_factory() as session:
-        user = await user_from_token(keystile, session, token)
-    if not user.is_admin:
-        raise http_exception(_NOT_ADMIN)
-    return _Caller(None, ())
 
 
 def _parsed(body: bytes) -> VerifyRequest:
@@ -188,7 +132,7 @@ _NOT_FOUND_ANSWER = _bare(Outcome.NOT_FOUND)
         "`code` says why a key is not valid. A malformed key, an unknown key and a wrong secret are all `NOT_FOUND`."
     ),
     responses={
-        **_RESPONSES,
+        **CALLER.answers,
         200: {"model": VerifyResponse, "description": "The answer about the key"},
         422: {
             "description": "Validation Error",
@@ -209,14 +153,14 @@ async def verify(request: Request) -> Response:
     written here, without FastAPI's dependency resolution and response-model validation, which cost more than the
     two key checks themselves (docs/PERFORMANCE.md, "The gateway path"). Same answers as a declared route."""
     keystile = keystile_of(request)
-    caller = await _caller(keystile, request)
+    caller = await CALLER(request)
     body = _parsed(await request.body())
     verification = await keystile.verifier.verify(
         body.key,
         required_scopes=body.scopes,
         client_ip=parse_ip(body.ip) if body.ip is not None else None,
         cost=body.cost,
-        owner_id=caller.owner_id,
+        owner_id=None if caller.is_admin else caller.user_id,  # an admin's call verifies every key
     )
     response = Response(_answer(verification), media_type="application/json")
     response.raw_headers.extend(caller.rate_limit_fields)

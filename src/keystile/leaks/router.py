@@ -4,48 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from keystile.asgi import Refusal, check_request
-from keystile.deps import ClientIP, KeysDep, KeystileDep, bearer_token, ip_text, user_from_token
-from keystile.fastapi import http_exception
+from keystile.callers import CallerCheck
+from keystile.deps import ClientIP, KeysDep, KeystileDep, ip_text
 from keystile.instance import Keystile
 from keystile.keys.format import key_hashers
 from keystile.leaks import github
 from keystile.leaks.service import Label, LeakIntake
-from keystile.responses import DETAIL_BODY, RETRY_AFTER, challenge
+from keystile.responses import DETAIL_BODY, challenge
 
 router = APIRouter(prefix="/v1/leaks", tags=["leaks"])
 
 REPORT_SCOPE = "leaks:report"
 MAX_REPORTED = 100
 
-_CALLER_ANSWERS: dict[int | str, dict[str, Any]] = {
-    401: {
-        "description": "No caller credentials, an invalid caller key or an invalid bearer token",
-        "content": DETAIL_BODY,
-        "headers": challenge("`APIKey`, `Bearer`"),
-    },
-    403: {"description": "Not an admin, and no key with scope `leaks:report`", "content": DETAIL_BODY},
-    429: {
-        "description": "The caller key is rate limited, out of quota or failed too often from this address",
-        "content": DETAIL_BODY,
-        "headers": {"Retry-After": RETRY_AFTER},
-    },
-    503: {
-        "description": "Rate limiting unavailable (RATE_LIMIT_FAILURE=closed), or the database unavailable",
-        "content": DETAIL_BODY,
-        "headers": {"Retry-After": RETRY_AFTER},
-    },
-}
-_NO_CALLER = Refusal(
-    401, "Admin bearer token or API key with scope leaks:report required", {"WWW-Authenticate": "Bearer, APIKey"}
-)
-_NOT_ADMIN = Refusal(403, "Admin privileges or scope leaks:report required")
+REPORTER = CallerCheck(REPORT_SCOPE, forbidden="Not an admin, and no key with scope `leaks:report`")
+"""The reporting account: the owner of a key holding `leaks:report`, or an admin with a bearer token."""
 
 
 class LeakReport(BaseModel):
@@ -78,24 +57,6 @@ class GitHubAnswer(BaseModel):
 _GITHUB_MATCHES = TypeAdapter(list[GitHubMatch])
 
 
-async def _reporter(keystile: Keystile, request: Request) -> int:
-    """The reporting account: the owner of a key holding `leaks:report`, or an admin with a bearer token."""
-    if request.headers.get("x-api-key"):
-        checked = await check_request(keystile, request.scope, (REPORT_SCOPE,))
-        if isinstance(checked, Refusal):
-            raise http_exception(checked)
-        assert checked.key is not None
-        return checked.key.user_id
-    token = await bearer_token(request)
-    if not token:
-        raise http_exception(_NO_CALLER)
-    async with keystile.session_factory() as session:
-        user = await user_from_token(keystile, session, token)
-    if not user.is_admin:
-        raise http_exception(_NOT_ADMIN)
-    return user.id
-
-
 def _intake(keystile: Keystile, keys: KeysDep) -> LeakIntake:
     return LeakIntake(
         keys,
@@ -113,12 +74,12 @@ def _intake(keystile: Keystile, keys: KeysDep) -> LeakIntake:
         "Caller: an admin's Bearer JWT or an API key with scope `leaks:report`. The answers come in the order of "
         "`keys`, each with a hint of the string, never the string itself."
     ),
-    responses=_CALLER_ANSWERS,
+    responses=REPORTER.answers,
 )
 async def report_leaks(
     report: LeakReport, request: Request, keystile: KeystileDep, keys: KeysDep, ip: ClientIP
 ) -> list[LeakAnswer]:
-    actor_id = await _reporter(keystile, request)
+    actor_id = (await REPORTER(request)).user_id
     answers = await _intake(keystile, keys).report(
         report.keys, source=report.source, url=report.url, actor_id=actor_id, ip=ip_text(ip)
     )
@@ -147,7 +108,7 @@ _GITHUB_UNAUTHORIZED = HTTPException(
             "headers": challenge("`Signature`"),
         },
         404: {"description": "GitHub secret scanning is not configured", "content": DETAIL_BODY},
-        503: _CALLER_ANSWERS[503],
+        503: REPORTER.answers[503],
     },
     openapi_extra={
         "requestBody": {

@@ -1,4 +1,4 @@
-"""Sign in and sign out. Sign-in takes the same throttle and audit path as `POST /auth/token`."""
+"""Sign in and sign out. Sign-in is `users.service.sign_in`, the sequence `POST /auth/token` takes."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import secrets
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from keystile.audit import service as audit
-from keystile.deps import ClientIP, KeystileDep, SessionDep, ip_text
+from keystile.deps import ClientIP, KeystileDep, SessionDep
+from keystile.instance import Keystile
+from keystile.net import in_networks, parse_address
 from keystile.ui import csrf, sessions
 from keystile.ui.pages import FormVisitor, render, see_other, text
 from keystile.users import service as users_service
-from keystile.users import throttle
 
 router = APIRouter()
 
@@ -33,7 +33,7 @@ def _login_page(request: Request, keystile: KeystileDep, *, status_code: int = 2
     nonce = secrets.token_urlsafe(24)
     token = csrf.token_for(keystile.signing_key, nonce, LOGIN_PURPOSE)
     response = render(request, "login.html", None, status_code=status_code, csrf_token=token, **context)
-    _set_cookie(request, response, csrf.LOGIN_COOKIE, nonce, max_age=3600)
+    _set_cookie(request, keystile, response, csrf.LOGIN_COOKIE, nonce, max_age=3600)
     return response
 
 
@@ -50,29 +50,20 @@ async def login(request: Request, keystile: KeystileDep, session: SessionDep, ip
         keystile.signing_key, request.cookies.get(csrf.LOGIN_COOKIE), LOGIN_PURPOSE, form.get(csrf.FIELD)
     ):
         return _login_page(request, keystile, status_code=403, error="The form expired: please sign in again.")
-    wait = await throttle.seconds_locked(keystile, email, ip)
-    if wait is not None:
-        keystile.metrics.rate_limited.labels("login_failures").inc()
+    # A malformed password is checked as "" (never right), so a refusal takes as long either way.
+    plausible = password if isinstance(password, str) and len(password) <= MAX_PASSWORD_LENGTH else ""
+    try:
+        user = await users_service.sign_in(keystile, session, email=email, password=plausible, ip=ip)
+    except users_service.SignInLockedError as locked:
         page = _login_page(request, keystile, status_code=429, error="Too many failed sign-in attempts: try later.")
-        page.headers["Retry-After"] = str(wait)
+        page.headers["Retry-After"] = str(locked.retry_after)
         return page
-    # Checked against the account's hash even when malformed, so a refusal takes as long either way.
-    plausible = password if isinstance(password, str) and 0 < len(password) <= MAX_PASSWORD_LENGTH else ""
-    user, ok = await users_service.authenticate(session, email=email, password=plausible, passwords=keystile.passwords)
-    if user is None or not ok or not plausible:
-        await throttle.record_failure(keystile, email, ip)
-        audit.record(
-            session,
-            at=keystile.clock(),
-            action="user.login_failed",
-            actor_id=user.id if user else None,
-            ip=ip_text(ip),
-        )
-        await session.commit()
+    if user is None:
         return _login_page(request, keystile, status_code=401, error=BAD_CREDENTIALS, email=email)
     started = await sessions.start(session, user_id=user.id, now=keystile.clock())
     response = see_other("/ui/keys")
-    _set_cookie(request, response, sessions.COOKIE, started.token, max_age=int(sessions.LIFETIME.total_seconds()))
+    lifetime = int(sessions.LIFETIME.total_seconds())
+    _set_cookie(request, keystile, response, sessions.COOKIE, started.token, max_age=lifetime)
     response.delete_cookie(csrf.LOGIN_COOKIE, path="/ui")
     return response
 
@@ -85,7 +76,21 @@ async def logout(visitor: FormVisitor, session: SessionDep) -> RedirectResponse:
     return response
 
 
-def _set_cookie(request: Request, response: Response, name: str, value: str, *, max_age: int) -> None:
+def over_https(request: Request, keystile: Keystile) -> bool:
+    """Whether the browser reached us over https: the request's own scheme, or the left-most `X-Forwarded-Proto` (the
+    proxy that met the browser) when the socket peer is in KEYSTILE_TRUSTED_PROXIES, a TLS-terminating proxy.
+    uvicorn's own proxy-header handling stays off (DESIGN.md, "Client address"): one list of proxies is believed."""
+    if request.url.scheme == "https":
+        return True
+    peer = parse_address(request.client.host if request.client else None)
+    if peer is None or not in_networks(peer, keystile.trusted_proxies):
+        return False
+    return request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower() == "https"
+
+
+def _set_cookie(
+    request: Request, keystile: Keystile, response: Response, name: str, value: str, *, max_age: int
+) -> None:
     """HttpOnly (no script reads it), SameSite=Lax (not sent on another site's POST), Secure under https, and
     scoped to the dashboard's paths."""
     response.set_cookie(
@@ -95,5 +100,5 @@ def _set_cookie(request: Request, response: Response, name: str, value: str, *, 
         path="/ui",
         httponly=True,
         samesite="lax",
-        secure=request.url.scheme == "https",
+        secure=over_https(request, keystile),
     )

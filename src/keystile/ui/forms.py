@@ -14,7 +14,7 @@ from starlette.datastructures import FormData
 from keystile.identities.schemas import IdentityCreate, IdentityUpdate
 from keystile.keys.schemas import KeyCreate
 from keystile.ui.pages import text
-from keystile.webhooks.schemas import WebhookCreate
+from keystile.webhooks.schemas import WebhookCreate, WebhookUpdate
 
 # The choices of the "Expires" select and the "Grace period" select: label, seconds (None: never).
 EXPIRIES: dict[str, int | None] = {
@@ -117,8 +117,17 @@ def identity_changes_from_form(form: FormData) -> IdentityUpdate:
     return validated
 
 
-def webhook_from_form(form: FormData) -> WebhookCreate:
+def _webhook_fields(form: FormData) -> dict[str, Any]:
+    """URL, events and description; a blank description is none (on an edit: cleared)."""
     events = [value for value in form.getlist("events") if isinstance(value, str)]
-    data = {"url": text(form, "url", limit=2048), "events": events, "description": text(form, "description") or None}
-    validated: WebhookCreate = _validated(WebhookCreate, data, {})
+    return {"url": text(form, "url", limit=2048), "events": events, "description": text(form, "description") or None}
+
+
+def webhook_from_form(form: FormData) -> WebhookCreate:
+    validated: WebhookCreate = _validated(WebhookCreate, _webhook_fields(form), {})
+    return validated
+
+
+def webhook_changes_from_form(form: FormData) -> WebhookUpdate:
+    validated: WebhookUpdate = _validated(WebhookUpdate, _webhook_fields(form), {})
     return validated

@@ -1,4 +1,5 @@
-"""Identities: the list, the create form, and the edit form, each change one `IdentityManager` call."""
+"""Identities: the list, the create form, and an identity's page (its keys, its usage, its edit form); each change is
+one `IdentityManager` call."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from keystile.db import MAX_ID
-from keystile.deps import KeystileDep, SessionDep
+from keystile.deps import KeysDep, KeystileDep, SessionDep
 from keystile.identities.models import Identity
+from keystile.identities.schemas import IdentityRead
 from keystile.identities.service import IdentityConflictError, IdentityManager, IdentityNotFoundError
-from keystile.ui import forms
-from keystile.ui.pages import FormVisitor, PageError, SignedIn, Visitor, render, see_other
+from keystile.keys.service import KeyManager
+from keystile.ui import forms, listing
+from keystile.ui.pages import FormVisitor, PageError, SignedIn, Visitor, page_number, render, see_other
+from keystile.ui.usage_charts import identity_charts
 
 router = APIRouter()
 
@@ -42,10 +46,16 @@ async def create_identity(
         spec = forms.identity_from_form(form)
         await keystile.identity_manager(session).create(owner_id=visitor.user.id, spec=spec)
     except forms.FormInvalid as invalid:
-        return _invalid(request, visitor, None, invalid.errors, _form_values(dict(form)))
+        return _create_invalid(request, visitor, invalid.errors, _form_values(dict(form)))
     except IdentityConflictError as conflict:
-        return _invalid(request, visitor, None, {"external_id": str(conflict)}, _form_values(dict(form)))
+        return _create_invalid(request, visitor, {"external_id": str(conflict)}, _form_values(dict(form)))
     return see_other("/ui/identities")
+
+
+def _create_invalid(
+    request: Request, visitor: SignedIn, errors: dict[str, str], values: dict[str, str]
+) -> HTMLResponse:
+    return render(request, "identity_form.html", visitor, status_code=422, identity=None, errors=errors, values=values)
 
 
 async def _owned(manager: IdentityManager, identity_id: int, visitor: SignedIn) -> Identity:
@@ -57,41 +67,70 @@ async def _owned(manager: IdentityManager, identity_id: int, visitor: SignedIn) 
         raise PageError(404, "Not found", "No such identity.", visitor) from None
 
 
-@router.get("/identities/{identity_id}", response_class=HTMLResponse)
-async def edit_identity_form(
-    request: Request, identity_id: int, visitor: Visitor, keystile: KeystileDep, session: SessionDep
+async def _identity_page(
+    request: Request,
+    visitor: SignedIn,
+    keystile: KeystileDep,
+    keys: KeyManager,
+    identity: IdentityRead,
+    *,
+    page: int = 1,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
 ) -> HTMLResponse:
-    manager = keystile.identity_manager(session)
+    """The identity's keys (a page of them), its usage charts and its edit form (with `errors`: 422)."""
+    now = keystile.clock()
+    listed = await listing.key_page(keys, owner_id=visitor.user.id, identity_id=identity.id, page=page, now=now)
+    if values is None:
+        values = {
+            "external_id": identity.external_id,
+            "rate_limit": str(identity.rate_limit.limit) if identity.rate_limit else "",
+            "window_seconds": str(identity.rate_limit.window_seconds) if identity.rate_limit else "",
+            "quota": "" if identity.quota_remaining is None else str(identity.quota_remaining),
+        }
+    return render(
+        request,
+        "identity_form.html",
+        visitor,
+        status_code=422 if errors else 200,
+        identity=identity,
+        listed=listed,
+        charts=await identity_charts(keystile, keys.session, identity.id, now=now),
+        errors=errors or {},
+        values=values,
+    )
+
+
+@router.get("/identities/{identity_id}", response_class=HTMLResponse)
+async def identity_detail(
+    request: Request,
+    identity_id: int,
+    visitor: Visitor,
+    keystile: KeystileDep,
+    keys: KeysDep,
+    page: str | None = None,
+) -> HTMLResponse:
+    manager = keystile.identity_manager(keys.session)
     identity = manager.read([await _owned(manager, identity_id, visitor)])[0]
-    values = {
-        "external_id": identity.external_id,
-        "rate_limit": str(identity.rate_limit.limit) if identity.rate_limit else "",
-        "window_seconds": str(identity.rate_limit.window_seconds) if identity.rate_limit else "",
-        "quota": "" if identity.quota_remaining is None else str(identity.quota_remaining),
-    }
-    return render(request, "identity_form.html", visitor, identity=identity, errors={}, values=values)
+    return await _identity_page(request, visitor, keystile, keys, identity, page=page_number(page, visitor))
 
 
 @router.post("/identities/{identity_id}", response_class=HTMLResponse)
 async def edit_identity(
-    request: Request, identity_id: int, visitor: FormVisitor, keystile: KeystileDep, session: SessionDep
+    request: Request, identity_id: int, visitor: FormVisitor, keystile: KeystileDep, keys: KeysDep
 ) -> Response:
-    manager = keystile.identity_manager(session)
+    manager = keystile.identity_manager(keys.session)
     row = await _owned(manager, identity_id, visitor)
     identity = manager.read([row])[0]
     form = await request.form()
     try:
         await manager.update(row, forms.identity_changes_from_form(form))
     except forms.FormInvalid as invalid:
-        return _invalid(request, visitor, identity, invalid.errors, _form_values(dict(form)))
+        errors = invalid.errors
     except IdentityConflictError as conflict:
-        return _invalid(request, visitor, identity, {"external_id": str(conflict)}, _form_values(dict(form)))
-    return see_other("/ui/identities")
-
-
-def _invalid(
-    request: Request, visitor: SignedIn, identity: object, errors: dict[str, str], values: dict[str, str]
-) -> HTMLResponse:
-    return render(
-        request, "identity_form.html", visitor, status_code=422, identity=identity, errors=errors, values=values
+        errors = {"external_id": str(conflict)}
+    else:
+        return see_other("/ui/identities")
+    return await _identity_page(
+        request, visitor, keystile, keys, identity, errors=errors, values=_form_values(dict(form))
     )

@@ -15,9 +15,9 @@ from keystile.deps import ClientIP, KeysDep, KeystileDep, SessionDep, ip_text
 from keystile.identities.service import IdentityNotFoundError
 from keystile.keys.models import ApiKey
 from keystile.keys.schemas import KeyUpdate
-from keystile.keys.service import IssuedKey, KeyManager, KeyNotFoundError, KeyStateConflictError
+from keystile.keys.service import IssuedKey, KeyManager, KeyNotFoundError, KeyState, KeyStateConflictError, key_state
 from keystile.ui import forms, listing, sessions
-from keystile.ui.pages import FormVisitor, PageError, SignedIn, Visitor, render, see_other
+from keystile.ui.pages import FormVisitor, PageError, SignedIn, Visitor, confirmation, confirmed, render, see_other
 from keystile.ui.usage_charts import key_charts
 from keystile.usage.history import MAX_BUCKETS
 
@@ -34,6 +34,15 @@ def _bounded(value: str | None, name: str, low: int, high: int, visitor: SignedI
     return int(value)
 
 
+def _state(value: str | None, visitor: SignedIn) -> KeyState | None:
+    if value is None or value == "":
+        return None
+    for state in listing.STATES:
+        if state == value:
+            return state
+    raise PageError(422, "Invalid filter", "Choose a state from the list.", visitor)
+
+
 @router.get("/keys", response_class=HTMLResponse)
 async def keys_table(
     request: Request,
@@ -44,14 +53,13 @@ async def keys_table(
     unused_for_days: str | None = None,
     page: str | None = None,
 ) -> HTMLResponse:
-    if state not in (None, "", *listing.STATES):
-        raise PageError(422, "Invalid filter", "Choose a state from the list.", visitor)
+    chosen = _state(state, visitor)
     unused = _bounded(unused_for_days, "Unused for (days)", 1, MAX_UNUSED_DAYS, visitor)
     number = _bounded(page, "Page", 1, MAX_BUCKETS * 1000, visitor) or 1
     listed = await listing.key_page(
-        keys, owner_id=visitor.user.id, state=state or None, unused_for_days=unused, page=number, now=keystile.clock()
+        keys, owner_id=visitor.user.id, state=chosen, unused_for_days=unused, page=number, now=keystile.clock()
     )
-    filters = {"state": state or "", "unused_for_days": unused or ""}
+    filters = {"state": chosen or "", "unused_for_days": unused or ""}
     return render(request, "keys.html", visitor, listed=listed, filters=filters, states=listing.STATES)
 
 
@@ -120,14 +128,21 @@ async def _reveal(
     )
 
 
-async def _owned_key(keys: KeyManager, key_pk: int, visitor: SignedIn, *, for_update: bool = False) -> ApiKey:
-    """The visitor's key; anyone else's is 404, as on /keys."""
+async def find_key(
+    keys: KeyManager, key_pk: int, visitor: SignedIn, *, owner_id: int | None, for_update: bool = False
+) -> ApiKey:
+    """The key if `owner_id` owns it (None: any owner's, for administrators), else a 404 page."""
     if not 1 <= key_pk <= MAX_ID:
         raise PageError(404, "Not found", "No such key.", visitor)
     try:
-        return await keys.get(key_pk, owner_id=visitor.user.id, for_update=for_update)
+        return await keys.get(key_pk, owner_id=owner_id, for_update=for_update)
     except KeyNotFoundError:
         raise PageError(404, "Not found", "No such key.", visitor) from None
+
+
+async def _owned_key(keys: KeyManager, key_pk: int, visitor: SignedIn, *, for_update: bool = False) -> ApiKey:
+    """The visitor's key; anyone else's is 404, as on /keys."""
+    return await find_key(keys, key_pk, visitor, owner_id=visitor.user.id, for_update=for_update)
 
 
 @router.get("/keys/{key_pk}", response_class=HTMLResponse)
@@ -143,7 +158,7 @@ async def key_detail(
         "key.html",
         visitor,
         key=key,
-        state=listing.state_of(key, now),
+        state=key_state(key, now),
         identity=names.get(key.identity_id),
         charts=await key_charts(keystile, session, key.id, now=now),
         grace_periods=list(forms.GRACE_PERIODS),
@@ -187,7 +202,20 @@ async def enable_key(key_pk: int, visitor: FormVisitor, keys: KeysDep, ip: Clien
 async def revoke_key(request: Request, key_pk: int, visitor: FormVisitor, keys: KeysDep, ip: ClientIP) -> Response:
     """Without `confirm=yes`, only the confirmation page: nothing is revoked before "Confirm revoke"."""
     row = await _owned_key(keys, key_pk, visitor, for_update=True)
-    if (await request.form()).get("confirm") != "yes":
-        return render(request, "revoke_confirm.html", visitor, key=await keys.read_one(row))
+    if not confirmed(await request.form()):
+        return revoke_confirmation(request, visitor, row, action=f"/ui/keys/{key_pk}/revoke", back=f"/ui/keys/{key_pk}")
     await keys.revoke(row, actor_id=visitor.user.id, ip=ip_text(ip))
     return see_other(f"/ui/keys/{key_pk}")
+
+
+def revoke_confirmation(request: Request, visitor: SignedIn, row: ApiKey, *, action: str, back: str) -> HTMLResponse:
+    """The owner's and the administrators' revoke ask the same question."""
+    return confirmation(
+        request,
+        visitor,
+        title=f"Revoke {row.name}",
+        message=f"Requests with {row.hint} will be refused from now on. A revoked key cannot be enabled again.",
+        action=action,
+        button="Confirm revoke",
+        cancel_url=back,
+    )

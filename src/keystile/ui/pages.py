@@ -1,7 +1,8 @@
 """What every dashboard page shares: the templates, the signed-in visitor, the CSRF check of forms, rendering.
 
 Routes ask for `visitor: Visitor` (a GET: signed in, else sent to /ui/login) or `visitor: FormVisitor` (a POST: signed
-in and carrying this session's CSRF token, else 403 and nothing changes).
+in and carrying this session's CSRF token, else 403 and nothing changes); `AdminVisitor` and `AdminFormVisitor` add
+"and an administrator" (else a 403 page).
 """
 
 from __future__ import annotations
@@ -80,15 +81,26 @@ async def _form_visitor(
     return visitor
 
 
-async def _admin(visitor: Annotated[SignedIn, Depends(_visitor)]) -> SignedIn:
+def _only_admins(visitor: SignedIn) -> SignedIn:
     if not visitor.user.is_admin:
         raise PageError(403, "Forbidden", "Only administrators may see this page.", visitor)
     return visitor
 
 
+async def _admin(visitor: Annotated[SignedIn, Depends(_visitor)]) -> SignedIn:
+    return _only_admins(visitor)
+
+
+async def _admin_form(visitor: Annotated[SignedIn, Depends(_form_visitor)]) -> SignedIn:
+    return _only_admins(visitor)
+
+
 Visitor = Annotated[SignedIn, Depends(_visitor)]
 FormVisitor = Annotated[SignedIn, Depends(_form_visitor)]
 AdminVisitor = Annotated[SignedIn, Depends(_admin)]
+AdminFormVisitor = Annotated[SignedIn, Depends(_admin_form)]
+
+MAX_PAGE = 1_000_000
 
 
 def text(form: FormData, name: str, *, limit: int = 4096) -> str:
@@ -96,6 +108,20 @@ def text(form: FormData, name: str, *, limit: int = 4096) -> str:
     the model's own length check."""
     value = form.get(name)
     return value.strip()[: limit + 1] if isinstance(value, str) else ""
+
+
+def page_number(page: str | None, visitor: SignedIn) -> int:
+    """The `?page=` of a paged table, from 1; 422 page unless a whole number from 1 to MAX_PAGE."""
+    if page is None or page == "":
+        return 1
+    if not page.isdigit() or not 1 <= int(page[:8]) <= MAX_PAGE:
+        raise PageError(422, "Invalid page", f"Page must be a whole number from 1 to {MAX_PAGE}.", visitor)
+    return int(page)
+
+
+def confirmed(form: FormData) -> bool:
+    """Whether a destructive form came from its confirmation page ("Confirm revoke", "Confirm delete")."""
+    return form.get("confirm") == "yes"
 
 
 def render(
@@ -107,6 +133,22 @@ def render(
     **context: Any,
 ) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(request, template, {"visitor": visitor, **context}, status_code=status_code)
+
+
+def confirmation(
+    request: Request, visitor: SignedIn, *, title: str, message: str, action: str, button: str, cancel_url: str
+) -> HTMLResponse:
+    """The page a destructive action asks first: nothing changes until its button posts `confirm=yes` to `action`."""
+    return render(
+        request,
+        "confirm.html",
+        visitor,
+        title=title,
+        message=message,
+        action=action,
+        confirm_text=button,
+        cancel_url=cancel_url,
+    )
 
 
 def see_other(url: str) -> RedirectResponse:

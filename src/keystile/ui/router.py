@@ -7,14 +7,14 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from keystile.ui import audit_pages, auth_pages, identity_pages, key_pages, webhook_pages
+from keystile.ui import admin_pages, audit_pages, auth_pages, identity_pages, key_pages, webhook_pages
 from keystile.ui.headers import DashboardHeaders
 from keystile.ui.pages import PageError, SignInRequired, page_error, sign_in_required
 
 STATIC = Path(__file__).parent / "static"
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
-for pages in (auth_pages, key_pages, identity_pages, webhook_pages, audit_pages):
+for pages in (auth_pages, key_pages, identity_pages, webhook_pages, audit_pages, admin_pages):
     router.include_router(pages.router)
 
 

@@ -5,10 +5,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from keystile.audit import service as audit
 from keystile.deps import ClientIP, CurrentUser, KeystileDep, SessionDep, ip_text
 from keystile.responses import BEARER_ANSWERS, DATABASE_UNAVAILABLE, DETAIL_BODY, challenge
-from keystile.users import service, throttle
+from keystile.users import service
 from keystile.users.schemas import Token, UserCreate, UserRead
 from keystile.users.tokens import issue_access_token
 
@@ -75,27 +74,15 @@ async def login(
     session: SessionDep,
     ip: ClientIP,
 ) -> Token:
-    wait = await throttle.seconds_locked(keystile, form.username, ip)
-    if wait is not None:
-        keystile.metrics.rate_limited.labels("login_failures").inc()
+    try:
+        user = await service.sign_in(keystile, session, email=form.username, password=form.password, ip=ip)
+    except service.SignInLockedError as locked:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             detail="Too many failed login attempts",
-            headers={"Retry-After": str(wait)},
-        )
-    user, ok = await service.authenticate(
-        session, email=form.username, password=form.password, passwords=keystile.passwords
-    )
-    if user is None or not ok:
-        await throttle.record_failure(keystile, form.username, ip)
-        audit.record(
-            session,
-            at=keystile.clock(),
-            action="user.login_failed",
-            actor_id=user.id if user else None,
-            ip=ip_text(ip),
-        )
-        await session.commit()
+            headers={"Retry-After": str(locked.retry_after)},
+        ) from None
+    if user is None:
         raise _BAD_CREDENTIALS
     ttl = keystile.settings.jwt_ttl_seconds
     token = issue_access_token(user_id=user.id, signing_key=keystile.signing_key, now=keystile.clock(), ttl_seconds=ttl)
