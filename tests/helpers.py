@@ -12,13 +12,13 @@ import pytest
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlalchemy import event, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keystile.audit.models import AuditEvent
 from keystile.clock import FakeClock
 from keystile.instance import Keystile
 from keystile.keys import format as key_format
 from keystile.keys.models import ApiKey
+from keystile.keys.records import RECORD_QUERY
 from keystile.users.models import User
 from keystile.users.passwords import Passwords
 
@@ -153,10 +153,13 @@ async def make_unrotatable(
 
 
 @contextlib.contextmanager
-def recorded_statements(engine: AsyncEngine) -> Iterator[list[str]]:
-    """Every SQL statement `engine` sends while the block runs (to prove that something does, or does not, touch the
-    database)."""
+def recorded_statements(keystile: Keystile) -> Iterator[list[str]]:
+    """Every SQL statement `keystile` sends while the block runs (to prove that something does, or does not, touch
+    the database): those of its engine, and the key loader's reads, which on PostgreSQL go to the driver directly
+    (keys/loader.py) and are added, as the SELECT they are, when the block ends."""
     statements: list[str] = []
+    engine, loader = keystile.engine, keystile.verifier.load
+    driver_reads = loader.driver_reads
 
     def before_cursor_execute(*args: Any) -> None:
         statements.append(args[2])
@@ -166,6 +169,7 @@ def recorded_statements(engine: AsyncEngine) -> Iterator[list[str]]:
         yield statements
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", before_cursor_execute)
+        statements += [str(RECORD_QUERY)] * (loader.driver_reads - driver_reads)
 
 
 async def stored_key(client: KeystileClient, pk: int) -> ApiKey:

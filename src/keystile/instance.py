@@ -38,10 +38,11 @@ from keystile.keys import key_ids
 from keystile.keys.cache import DEFAULT_TTL_SECONDS, SUBSCRIBED_TTL_SECONDS, KeyCache
 from keystile.keys.format import derive_pepper, key_hashers
 from keystile.keys.invalidation import Invalidator
+from keystile.keys.loader import KeyLoader
 from keystile.keys.models import ApiKey
 from keystile.keys.quota import QuotaLedger
 from keystile.keys.service import KeyManager
-from keystile.keys.verification import KeyLoader, Verifier
+from keystile.keys.verification import Verifier
 from keystile.metrics import Metrics
 from keystile.net import parse_networks
 from keystile.ratelimit.base import RateLimiter

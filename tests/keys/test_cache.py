@@ -413,11 +413,11 @@ async def issue_key(client: KeystileClient, **body: Any) -> dict[str, Any]:
 async def test_second_use_of_a_key_sends_no_sql(client: KeystileClient) -> None:
     created = await issue_key(client)
     key = {"X-API-Key": created["key"]}
-    with recorded_statements(client.keystile.engine) as first:
+    with recorded_statements(client.keystile) as first:
         assert (await client.get("/data/export", headers=key)).status_code == 200
     assert first, "the first use must load the key from the database"
 
-    with recorded_statements(client.keystile.engine) as second:
+    with recorded_statements(client.keystile) as second:
         for _ in range(5):
             assert (await client.get("/data/export", headers=key)).status_code == 200
 
@@ -429,7 +429,7 @@ async def test_concurrent_first_uses_of_a_key_send_one_select(client: KeystileCl
     key = {"X-API-Key": created["key"]}
     client.keystile.key_cache.clear()
 
-    with recorded_statements(client.keystile.engine) as statements:
+    with recorded_statements(client.keystile) as statements:
         responses = await asyncio.gather(*(client.get("/data/export", headers=key) for _ in range(10)))
 
     assert [response.status_code for response in responses] == [200] * 10
@@ -493,7 +493,7 @@ async def test_malformed_key_is_refused_without_touching_the_database(
     created = await issue_key(client)
     malformed = make_malformed(created["key"])
 
-    with recorded_statements(client.keystile.engine) as statements:
+    with recorded_statements(client.keystile) as statements:
         response = await client.get("/data/export", headers={"X-API-Key": malformed})
 
     assert response.status_code == 401
@@ -503,9 +503,9 @@ async def test_malformed_key_is_refused_without_touching_the_database(
 
 async def test_unknown_key_id_is_looked_up_once_then_answered_from_the_cache(client: KeystileClient) -> None:
     unknown = {"X-API-Key": unknown_key()}
-    with recorded_statements(client.keystile.engine) as first:
+    with recorded_statements(client.keystile) as first:
         assert (await client.get("/data/export", headers=unknown)).status_code == 401
-    with recorded_statements(client.keystile.engine) as again:
+    with recorded_statements(client.keystile) as again:
         for _ in range(3):
             assert (await client.get("/data/export", headers=unknown)).status_code == 401
 
@@ -521,7 +521,7 @@ async def test_flood_of_unknown_keys_leaves_a_valid_key_cached(client: KeystileC
     for _ in range(25):
         assert (await client.get("/data/export", headers={"X-API-Key": unknown_key()})).status_code == 401
 
-    with recorded_statements(client.keystile.engine) as statements:
+    with recorded_statements(client.keystile) as statements:
         assert (await client.get("/data/export", headers=key)).status_code == 200
     assert statements == []
 

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keystile.keys import format as key_format
 from keystile.keys.cache import DEFAULT_TTL_SECONDS, SUBSCRIBED_TTL_SECONDS
+from keystile.keys.loader import KeyLoader
 from keystile.keys.records import KeyRecord
-from keystile.keys.verification import KeyLoader
 from keystile.net import parse_networks
 from keystile.ratelimit.policy import RateLimitPolicy
 from tests import backends
@@ -75,7 +75,7 @@ async def test_a_miss_is_one_select_on_a_kept_connection(client: KeystileClient)
     created = await create_key(client, await user_headers(client))
     assert await cold_verify(client, created["key"])  # the first miss checks a connection out, and keeps it
 
-    with pool_checkouts(client.keystile.engine) as checkouts, recorded_statements(client.keystile.engine) as sql:
+    with pool_checkouts(client.keystile.engine) as checkouts, recorded_statements(client.keystile) as sql:
         valid = [await cold_verify(client, created["key"]) for _ in range(5)]
 
     assert valid == [True] * 5
@@ -174,7 +174,7 @@ async def test_closing_the_loader_gives_its_kept_connections_back(client: Keysti
 
 
 async def selects_of_one_verification(client: KeystileClient, key: str) -> int:
-    with recorded_statements(client.keystile.engine) as statements:
+    with recorded_statements(client.keystile) as statements:
         assert (await client.keystile.verifier.verify(key)).valid
     return len(statements)
 

@@ -88,7 +88,7 @@ async def test_made_up_keys_are_refused_without_reading_the_database(make_client
     created = await create_key(client, await user_headers(client))
     await index_current(client)
 
-    with recorded_statements(client.keystile.engine) as statements:
+    with recorded_statements(client.keystile) as statements:
         outcomes = [await verify(client, made_up_key()) for _ in range(50)]
         concurrent = await asyncio.gather(*(verify(client, made_up_key()) for _ in range(50)))
 
@@ -182,7 +182,7 @@ async def test_without_redis_every_unknown_key_id_is_read_from_the_database(make
     # from the index, and the index is not even loaded.
     client = await make_client()
 
-    with recorded_statements(client.keystile.engine) as statements:
+    with recorded_statements(client.keystile) as statements:
         refused = await verify(client, made_up_key())
 
     assert refused is Outcome.NOT_FOUND
@@ -199,11 +199,11 @@ async def test_while_the_subscription_is_lost_unknown_key_ids_are_read_from_the_
 
     own_redis.stop()
     await eventually(lambda: not invalidator.subscribed.is_set())
-    with recorded_statements(client.keystile.engine) as while_lost:
+    with recorded_statements(client.keystile) as while_lost:
         assert await verify(client, made_up_key()) is Outcome.NOT_FOUND
     own_redis.start()
     await index_current(client)  # resubscribed, and the index loaded anew under the new subscription
-    with recorded_statements(client.keystile.engine) as after:
+    with recorded_statements(client.keystile) as after:
         assert await verify(client, made_up_key()) is Outcome.NOT_FOUND
 
     assert len(while_lost) == 1

@@ -172,7 +172,7 @@ async def test_a_used_up_quota_refuses_further_requests_without_reading_the_data
     assert (await client.get("/data/export", headers={"X-API-Key": key["key"]})).status_code == 200
     assert (await client.get("/data/export", headers={"X-API-Key": key["key"]})).status_code == 429
 
-    with recorded_statements(client.keystile.engine) as statements:
+    with recorded_statements(client.keystile) as statements:
         for _ in range(5):
             response = await client.get("/data/export", headers={"X-API-Key": key["key"]})
             assert response.status_code == 429

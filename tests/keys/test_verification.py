@@ -44,7 +44,7 @@ async def test_malformed_key_is_rejected_without_any_sql(client: KeystileClient,
     malformed = make_malformed(created["key"])
     assert key_format.key_id_of(malformed, "ks") is None
 
-    with recorded_statements(client.keystile.engine) as statements:
+    with recorded_statements(client.keystile) as statements:
         response = await client.get("/data/export", headers={"X-API-Key": malformed.encode()})
 
     assert response.status_code == 401
@@ -59,7 +59,7 @@ async def test_well_formed_unknown_key_is_looked_up_in_the_database(client: Keys
     await create_key(client, headers)
     unknown = key_format.generate_key("ks")
 
-    with recorded_statements(client.keystile.engine) as statements:
+    with recorded_statements(client.keystile) as statements:
         response = await client.get("/data/export", headers={"X-API-Key": unknown.raw})
 
     assert response.status_code == 401
@@ -77,7 +77,7 @@ async def test_known_key_id_with_a_wrong_secret_is_looked_up_and_refused(client:
     forged = with_checksum(f"{prefix}_{key_id}_{other_secret}")
     assert key_format.key_id_of(forged, "ks") is not None
 
-    with recorded_statements(client.keystile.engine) as statements:
+    with recorded_statements(client.keystile) as statements:
         response = await client.get("/data/export", headers={"X-API-Key": forged})
 
     assert response.status_code == 401

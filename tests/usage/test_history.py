@@ -461,13 +461,13 @@ def deletes(statements: list[str]) -> list[str]:
 
 
 async def test_pruning_runs_at_most_once_an_hour(client: KeystileClient, clock: FakeClock) -> None:
-    with recorded_statements(client.keystile.engine) as first:
+    with recorded_statements(client.keystile) as first:
         await client.keystile.usage.flush()
     clock.advance(59 * 60)
-    with recorded_statements(client.keystile.engine) as within_the_hour:
+    with recorded_statements(client.keystile) as within_the_hour:
         await client.keystile.usage.flush()
     clock.advance(60)
-    with recorded_statements(client.keystile.engine) as an_hour_later:
+    with recorded_statements(client.keystile) as an_hour_later:
         await client.keystile.usage.flush()
 
     assert len(deletes(first)) == 2  # key hours and identity hours

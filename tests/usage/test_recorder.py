@@ -45,7 +45,7 @@ async def use(client: KeystileClient, key: str, times: int = 1) -> None:
 async def test_uses_are_buffered_without_an_update_per_request(client: KeystileClient) -> None:
     created = await create_key(client, await user_headers(client))
 
-    with recorded_statements(client.keystile.engine) as statements:
+    with recorded_statements(client.keystile) as statements:
         await use(client, created["key"], times=20)
 
     assert updates_of_api_keys(statements) == []
@@ -62,7 +62,7 @@ async def test_flush_writes_one_update_per_key(client: KeystileClient, clock: Fa
     await use(client, first["key"], times=7)
     await use(client, second["key"], times=3)
 
-    with recorded_statements(client.keystile.engine) as statements:
+    with recorded_statements(client.keystile) as statements:
         written = await client.keystile.usage.flush()
 
     assert written == 2

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, select
 
 from keystile.identities.models import Identity
 from keystile.keys.models import ApiKey
-from keystile.keys.schemas import readable_metadata
+from keystile.keys.schemas import readable_metadata_of
 from keystile.net import IPNetwork, parse_networks
 from keystile.ratelimit.base import Decision
 from keystile.ratelimit.policy import RateLimitPolicy
@@ -108,8 +108,7 @@ class KeyRecord:
             identity_quota_remaining,
         ) = row
         if metadata:
-            # readable_metadata reads only `id` and `key_metadata`, which the row carries under the model's names.
-            metadata = readable_metadata(cast(ApiKey, row))
+            metadata = readable_metadata_of(pk, metadata)
         return cls(
             id=pk,
             key_id=key_id,

@@ -77,12 +77,17 @@ def _depth(value: Any) -> int:
 def readable_metadata(row: ApiKey) -> dict[str, Any]:
     """The row's metadata, or `{}` when it nests deeper than any request may store (a row written before that limit,
     or by hand): one unreadable value must not fail every list and answer that holds its key."""
-    if _depth(row.key_metadata) > MAX_METADATA_DEPTH:
+    return readable_metadata_of(row.id, row.key_metadata)
+
+
+def readable_metadata_of(api_key_id: int, metadata: dict[str, Any]) -> dict[str, Any]:
+    """`readable_metadata` from the column values (a cache miss reads columns, not rows)."""
+    if _depth(metadata) > MAX_METADATA_DEPTH:
         logger.warning(
-            "key %d has metadata nested deeper than %d levels; it is shown as {}", row.id, MAX_METADATA_DEPTH
+            "key %d has metadata nested deeper than %d levels; it is shown as {}", api_key_id, MAX_METADATA_DEPTH
         )
         return {}
-    return row.key_metadata
+    return metadata
 
 
 def _small_json_object(value: dict[str, Any]) -> dict[str, Any]:

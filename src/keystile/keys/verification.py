@@ -6,23 +6,18 @@ key. It is built with the few things it uses, each named, rather than reading th
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-from sqlalchemy import Row
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystile.clock import Clock
-from keystile.db import DatabaseIncidents, is_database_unavailable
 from keystile.keys import format as key_format
 from keystile.keys.cache import KeyCache
 from keystile.keys.key_ids import KnownKeyIds
+from keystile.keys.loader import KeyLoader
 from keystile.keys.quota import QuotaLedger
-from keystile.keys.records import RECORD_QUERY, IdentityRecord, KeyRecord, Outcome, Verification
+from keystile.keys.records import IdentityRecord, KeyRecord, Outcome, Verification
 from keystile.metrics import Metrics
 from keystile.net import IPAddress, in_networks
 from keystile.ratelimit.base import Counter, Decision
@@ -31,85 +26,6 @@ from keystile.ratelimit.policy import RateLimitPolicy
 from keystile.usage.recorder import UsageRecorder
 
 _NOT_FOUND = Verification(Outcome.NOT_FOUND)
-
-
-# Connections a KeyLoader keeps between misses. Two serve misses one after another, and a few at once without
-# waiting; more concurrent misses check out more from the pool and give them back. Few, because the engine's pool is
-# shared with everything else (usage flushes, key management, logins).
-KEPT_CONNECTIONS = 2
-
-
-class KeyLoader:
-    """Reads one key's record from the database: what the cache calls on a miss or a stale entry.
-
-    With many keys each used rarely most verifications are misses, so this is the figure that matters at scale
-    (docs/PERFORMANCE.md, "The cold path"). A miss is one Core SELECT (`RECORD_QUERY`, compiled once, prepared once
-    per connection by asyncpg) on a connection kept between misses in autocommit mode: no session, no ORM object, and
-    none of the round trips a fresh checkout costs around the one SELECT (the pool's pre-ping, BEGIN, the ROLLBACK on
-    return).
-
-    A kept connection is not pinged before use, so one the database dropped (a restart, a failover) fails at its next
-    SELECT; that SELECT is then retried once on a fresh checkout, which the pool does ping: what the pre-ping would
-    have done, paid only when it is needed.
-    """
-
-    def __init__(self, engine: AsyncEngine, incidents: DatabaseIncidents, *, keep: int = KEPT_CONNECTIONS) -> None:
-        self._engine = engine
-        self._incidents = incidents
-        self._keep = keep
-        self._idle: list[AsyncConnection] = []
-        self._closed = False
-
-    async def __call__(self, key_id: str) -> KeyRecord | None:
-        try:
-            row = await self._select(key_id)
-        except Exception as error:
-            # Reported here because the cache may answer from a stale entry: no request fails, yet the outage is news.
-            self._incidents.report(error)
-            raise
-        return None if row is None else KeyRecord.from_columns(row)
-
-    async def close(self) -> None:
-        """Give the kept connections back to the pool (before the engine is disposed)."""
-        self._closed = True
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            await connection.close()
-
-    async def _select(self, key_id: str) -> Row[Any] | None:
-        if self._idle:
-            try:
-                return await self._run(self._idle.pop(), key_id)
-            except Exception as error:
-                if not is_database_unavailable(error):
-                    raise
-        connection = await self._engine.connect()
-        try:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
-        except BaseException:
-            await _discard(connection)
-            raise
-        return await self._run(connection, key_id)
-
-    async def _run(self, connection: AsyncConnection, key_id: str) -> Row[Any] | None:
-        try:
-            row = (await connection.execute(RECORD_QUERY, {"key_id": key_id})).first()
-        except BaseException:
-            await _discard(connection)
-            raise
-        if self._closed or len(self._idle) >= self._keep:
-            await connection.close()
-        else:
-            self._idle.append(connection)
-        return row
-
-
-async def _discard(connection: AsyncConnection) -> None:
-    """Drop a connection whose state is unknown (a failed or interrupted statement): the pool replaces it."""
-    with contextlib.suppress(Exception):
-        await connection.invalidate()
-    with contextlib.suppress(Exception):
-        await connection.close()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
