@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "screenshots"
 KEYSTILE = Path(sys.executable).with_name("keystile")
 EMAIL = "demo@example.com"
+ADMIN_EMAIL = "admin@example.com"
 PASSWORD = "correct horse battery staple"  # noqa: S105  (a throwaway account in a throwaway database)
 LAPTOP: ViewportSize = {"width": 1280, "height": 800}
 PHONE: ViewportSize = {"width": 390, "height": 844}
@@ -37,10 +38,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+def demo_env(workdir: Path) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("KEYSTILE_")}
     env["KEYSTILE_DATABASE_URL"] = f"sqlite+aiosqlite:///{workdir / 'demo.db'}"
+    return env
+
+
+def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = demo_env(workdir)
     process = subprocess.Popen(  # noqa: S603  (our own keystile executable, fixed arguments)
         [str(KEYSTILE), "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=workdir,
@@ -60,8 +66,16 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("keystile serve did not start")
 
 
-def seed(url: str) -> None:
-    """A user with an identity and a few keys, two used (one of them the identity's), one disabled, one revoked."""
+def seed(url: str, workdir: Path) -> None:
+    """A user with an identity and a few keys, two used (one of them the identity's), one disabled, one revoked; and
+    an administrator, made as the README says the first one is (`keystile users create --admin`)."""
+    subprocess.run(  # noqa: S603  (our own keystile executable, fixed arguments)
+        [str(KEYSTILE), "users", "create", "--email", ADMIN_EMAIL, "--admin"],
+        cwd=workdir,
+        env=demo_env(workdir) | {"KEYSTILE_PASSWORD": PASSWORD},
+        check=True,
+        capture_output=True,
+    )
     with httpx.Client(base_url=url, timeout=10) as http:
         http.post("/auth/register", json={"email": EMAIL, "password": PASSWORD}).raise_for_status()
         token = http.post("/auth/token", data={"username": EMAIL, "password": PASSWORD}).json()["access_token"]
@@ -84,9 +98,9 @@ def seed(url: str) -> None:
         http.post(f"/keys/{created[4]['id']}/revoke", headers=bearer)
 
 
-def sign_in(page: Page) -> None:
+def sign_in(page: Page, email: str = EMAIL) -> None:
     page.goto("/ui/login")
-    page.get_by_label("Email").fill(EMAIL)
+    page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("heading", name="Keys").wait_for()
@@ -122,6 +136,12 @@ def photograph(url: str, chromium: str) -> None:
             laptop.get_by_role("link", name="Identities").click()
             laptop.get_by_role("link", name="acme-corp").click()
             shoot(laptop, "identity")
+            admin = browser.new_context(base_url=url, viewport=LAPTOP).new_page()
+            sign_in(admin, ADMIN_EMAIL)
+            admin.goto("/ui/admin/users")
+            shoot(admin, "admin-users")
+            admin.goto("/ui/admin/keys")
+            shoot(admin, "admin-keys")
             phone = browser.new_context(base_url=url, viewport=PHONE, is_mobile=True).new_page()
             sign_in(phone)
             shoot(phone, "keys-phone")
@@ -136,7 +156,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         process, url = start_server(Path(workdir))
         try:
-            seed(url)
+            seed(url, Path(workdir))
             photograph(url, args.chromium)
         finally:
             process.terminate()
