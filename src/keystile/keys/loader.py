@@ -5,11 +5,14 @@ one SELECT (`RECORD_QUERY`) on a connection kept between misses in autocommit mo
 none of the round trips a fresh checkout costs around the one SELECT (the pool's pre-ping, BEGIN, the ROLLBACK on
 return).
 
-On PostgreSQL the SELECT goes straight to the asyncpg connection under SQLAlchemy's, as SQL compiled once for the
-dialect: asyncpg prepares it once per connection (its statement cache), and SQLAlchemy's result machinery around
-one row (a greenlet switch, the execution context, the result object) is skipped. Its type conversions are kept: the
-connection's JSON codecs are SQLAlchemy's own, and the columns whose types convert results (UTC datetimes) are
-converted here the way SQLAlchemy would. On SQLite the SELECT runs through SQLAlchemy Core.
+The SELECT goes straight to the driver's connection under SQLAlchemy's, as SQL compiled once for the dialect, and
+SQLAlchemy's machinery around one row (a greenlet switch, the execution context, the cursor and result objects) is
+skipped; its type conversions are kept, applied here to the columns whose types convert results, the way SQLAlchemy
+would (on SQLite: JSON text, integer booleans, datetimes; on PostgreSQL only UTC datetimes, as the connection's JSON
+codecs are SQLAlchemy's own). On PostgreSQL asyncpg prepares the statement once per connection (its statement cache).
+On SQLite, aiosqlite runs each call in the connection's thread: `execute_fetchall` is one hop there and back, where
+SQLAlchemy's cursor makes four (cursor, execute, fetch, close), and a hop is what an async SQLite read costs most.
+Other drivers run the SELECT through SQLAlchemy Core.
 
 A kept connection is not pinged before use, so one the database dropped (a restart, a failover) fails at its next
 SELECT; that SELECT is then retried once on a fresh checkout, which the pool does ping: what the pre-ping would have
@@ -37,7 +40,7 @@ KEPT_CONNECTIONS = 2
 
 class _Kept(NamedTuple):
     connection: AsyncConnection
-    driver: Any  # the asyncpg connection under it, or None to run the SELECT through SQLAlchemy
+    driver: Any  # the driver's connection under it (asyncpg, aiosqlite), or None to run the SELECT through SQLAlchemy
 
 
 class _DriverQuery(NamedTuple):
@@ -45,21 +48,29 @@ class _DriverQuery(NamedTuple):
 
     sql: str
     conversions: tuple[tuple[int, Callable[[Any], Any]], ...]  # (column position, converter)
+    driver: str
 
     @classmethod
     def for_dialect(cls, dialect: Dialect) -> _DriverQuery | None:
-        if dialect.driver != "asyncpg":
+        if dialect.driver not in ("asyncpg", "aiosqlite"):
             return None
         conversions = []
         for position, column in enumerate(RECORD_QUERY.selected_columns):
             convert = column.type.dialect_impl(dialect).result_processor(dialect, None)
             if convert is not None:
                 conversions.append((position, convert))
-        return cls(RECORD_QUERY.compile(dialect=dialect).string, tuple(conversions))
+        return cls(RECORD_QUERY.compile(dialect=dialect).string, tuple(conversions), dialect.driver)
 
-    def row(self, record: Sequence[Any]) -> Sequence[Any]:
-        if not self.conversions:
-            return record
+    async def fetch(self, driver: Any, key_id: str) -> Sequence[Any] | None:
+        """The one row for `key_id` on the driver's connection, converted, or None."""
+        if self.driver == "asyncpg":
+            record = await driver.fetchrow(self.sql, key_id)
+        else:
+            rows = await driver.execute_fetchall(self.sql, (key_id,))
+            record = rows[0] if rows else None
+        return None if record is None else self._converted(record)
+
+    def _converted(self, record: Sequence[Any]) -> Sequence[Any]:
         values = list(record)
         for position, convert in self.conversions:
             values[position] = convert(values[position])
@@ -123,11 +134,10 @@ class KeyLoader:
                 row: Sequence[Any] | None = (await kept.connection.execute(RECORD_QUERY, {"key_id": key_id})).first()
             else:
                 self.driver_reads += 1
-                record = await kept.driver.fetchrow(self._driver_query.sql, key_id)
-                row = None if record is None else self._driver_query.row(record)
+                row = await self._driver_query.fetch(kept.driver, key_id)
         except BaseException as error:
             await _discard(kept.connection)
-            if kept.driver is not None and kept.driver.is_closed() and isinstance(error, Exception):
+            if kept.driver is not None and _closed(kept.driver) and isinstance(error, Exception):
                 # What SQLAlchemy would have made of it: the driver's own error for a dropped connection carries no
                 # SQLSTATE, and this is what callers read as "the database is unavailable" (db.py).
                 raise DisconnectionError("the database closed the connection") from error
@@ -137,6 +147,12 @@ class KeyLoader:
         else:
             self._idle.append(kept)
         return row
+
+
+def _closed(driver: Any) -> bool:
+    """Whether a server dropped the driver's connection (asyncpg); a SQLite file has no server to drop it."""
+    is_closed = getattr(driver, "is_closed", None)
+    return is_closed is not None and bool(is_closed())
 
 
 async def _discard(connection: AsyncConnection) -> None:
