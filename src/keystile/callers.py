@@ -2,9 +2,9 @@
 holding the route's scope. A request carrying an API key is judged by the key, whatever bearer token comes with it
 (API.md section 6).
 
-    VERIFY_CALLER = CallerCheck("keys:verify", forbidden="...")
-    caller = await VERIFY_CALLER(request)          # or `Depends(VERIFY_CALLER)`
-    @router.post(..., responses=VERIFY_CALLER.answers)
+    CALLER = CallerCheck("keys:verify", forbidden="...")   # keys/verify_router.py; leaks/router.py has REPORTER
+    caller = await CALLER(request)
+    @router.post(..., responses=CALLER.answers)
 
 The routes call it themselves rather than declare it: the verify route skips FastAPI's dependency resolution (the
 gateway's hot path), and both keep answering a malformed body before an unknown caller as they always have.
@@ -20,7 +20,7 @@ from keystile.asgi import Refusal, check_request, rate_limit_fields
 from keystile.deps import bearer_token, user_from_token
 from keystile.fastapi import http_exception
 from keystile.instance import keystile_of
-from keystile.responses import DETAIL_BODY, RETRY_AFTER, challenge
+from keystile.responses import API_KEY_ANSWERS, DETAIL_BODY, RETRY_AFTER, challenge
 
 
 class Caller(NamedTuple):
@@ -52,11 +52,7 @@ class CallerCheck:
                 "content": DETAIL_BODY,
                 "headers": {"Retry-After": RETRY_AFTER},
             },
-            503: {
-                "description": "Rate limiting unavailable (RATE_LIMIT_FAILURE=closed), or the database unavailable",
-                "content": DETAIL_BODY,
-                "headers": {"Retry-After": RETRY_AFTER},
-            },
+            503: API_KEY_ANSWERS[503],
         }
 
     def __repr__(self) -> str:

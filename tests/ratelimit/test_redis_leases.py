@@ -175,3 +175,28 @@ async def test_units_leased_by_one_process_are_admitted_there_while_another_reac
     remaining = sorted(d.remaining for d in [*by_a, *by_b] if d.allowed)
     assert remaining == list(range(1000 - 1))  # 999 was the first request's, before the lists
     assert await stored(clients[0], "key:split") == 1000
+
+
+async def test_a_lease_granted_to_a_request_that_was_cancelled_is_handed_back(clients: list[CountingRedis]) -> None:
+    client = clients[0]
+    limiter = RedisRateLimiter(client)
+    asked = asyncio.ensure_future(hit(limiter, "key:gone", limit=1_000_000))
+    await asyncio.sleep(0)  # the request joins the batch, which is sent on the next loop turn
+    asked.cancel()
+
+    await limiter.close()  # waits for the batch: Redis added 1 + 64 units, and the waiter is gone
+
+    # The cancelled request's own unit stays counted (it may have been admitted); its lease went back.
+    assert await stored(clients[1], "key:gone") == 1
+
+
+async def test_shutdown_waits_for_leases_in_flight_before_handing_units_back(clients: list[CountingRedis]) -> None:
+    client = clients[0]
+    limiter = RedisRateLimiter(client)
+    asked = asyncio.ensure_future(hit(limiter, "key:in-flight", limit=1_000_000))
+    await asyncio.sleep(0)
+
+    await limiter.close()
+
+    assert (await asked).allowed
+    assert await stored(clients[1], "key:in-flight") == 1

@@ -22,11 +22,12 @@ done, paid only when it is needed.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keystile.db import DatabaseIncidents, is_database_unavailable
@@ -64,9 +65,13 @@ class _DriverQuery(NamedTuple):
     async def fetch(self, driver: Any, key_id: str) -> Sequence[Any] | None:
         """The one row for `key_id` on the driver's connection, converted, or None."""
         if self.driver == "asyncpg":
-            record = await driver.fetchrow(self.sql, key_id)
+            record = await driver.fetchrow(self.sql, key_id)  # its errors carry a SQLSTATE, which db.py reads
         else:
-            rows = await driver.execute_fetchall(self.sql, (key_id,))
+            try:
+                rows = await driver.execute_fetchall(self.sql, (key_id,))
+            except sqlite3.Error as error:
+                # Wrapped as SQLAlchemy would: "database is locked" is then an OperationalError, an outage (db.py).
+                raise DBAPIError.instance(self.sql, (key_id,), error, sqlite3.Error) from error
             record = rows[0] if rows else None
         return None if record is None else self._converted(record)
 
@@ -130,7 +135,7 @@ class KeyLoader:
 
     async def _run(self, kept: _Kept, key_id: str) -> Sequence[Any] | None:
         try:
-            if kept.driver is None or self._driver_query is None:
+            if self._driver_query is None or kept.driver is None:  # the one implies the other (`_checkout`)
                 row: Sequence[Any] | None = (await kept.connection.execute(RECORD_QUERY, {"key_id": key_id})).first()
             else:
                 self.driver_reads += 1

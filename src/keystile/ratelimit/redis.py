@@ -33,7 +33,8 @@ the cost is the other way: a leased unit not yet used counts as used for everybo
 (a DECRBY in a later batch) when their lease has not been used for `LEASE_IDLE_SECONDS`, when the limit changes, and
 at shutdown. Hence the exactness bound (docs/RATE_LIMITS.md, "Leases"): with P processes, a window admits between
 limit - P x lease_size(limit) and limit, and fewer than the limit only while some process holds a lease it is not
-using; every admitted request still sees a distinct remaining count. Limits below 128 are never leased (a lease would
+using. Each admitted request sees a distinct remaining count, until units are handed back: those are handed out
+again, so a remaining value can then repeat (never the admitted total). Limits below 128 are never leased (a lease would
 be under two units), and requests passing several counters together (a key and its identity) are never leased.
 """
 
@@ -345,8 +346,12 @@ class RedisRateLimiter:
         start = 0
         for request in group:
             end = start + len(request.keys)
-            if not request.used_before.done():  # its waiter was cancelled meanwhile (the client went away)
-                request.used_before.set_result([int(used) for used in replies[start:end]])
+            used = [int(value) for value in replies[start:end]]
+            if not request.used_before.done():
+                request.used_before.set_result(used)
+            elif request.args[2] and 2 * (used[0] + request.args[1] + request.args[2]) <= request.args[3]:
+                # Its waiter was cancelled (the client went away) after Redis granted a lease nobody will hold.
+                self._returns.append((request.keys[0], request.args[2]))
             start = end
 
     async def _probe_for_cluster(self) -> None:
@@ -391,6 +396,7 @@ class RedisRateLimiter:
     async def close(self) -> None:
         """Hand back every lease's unused units (best effort: if Redis is gone they expire with their window), then
         close the connections."""
+        await asyncio.gather(*self._sending, return_exceptions=True)  # leases granted in flight are held first
         self._returns += [(lease.key, lease.left) for lease in self._leases.values() if lease.left]
         self._leases.clear()
         if self._returns:  # each group's failure is its own (`_send`): nothing raises here

@@ -13,6 +13,7 @@ from starlette.datastructures import FormData
 
 from keystile.identities.schemas import IdentityCreate, IdentityUpdate
 from keystile.keys.schemas import KeyCreate
+from keystile.ui import csrf
 from keystile.ui.pages import text
 from keystile.webhooks.schemas import WebhookCreate, WebhookUpdate
 
@@ -67,6 +68,11 @@ def _validated(model: type[BaseModel], data: dict[str, Any], errors: dict[str, s
             name = str(problem["loc"][0]) if problem["loc"] else "form"
             errors.setdefault(name, problem["msg"])
         raise FormInvalid(errors) from None
+
+
+def typed_values(form: FormData) -> dict[str, str]:
+    """What the visitor typed (text fields, the CSRF token left out), to fill a refused form again."""
+    return {name: value for name, value in form.items() if isinstance(value, str) and name != csrf.FIELD}
 
 
 def scopes_of(value: str) -> list[str]:

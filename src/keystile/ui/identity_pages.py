@@ -19,10 +19,6 @@ from keystile.ui.usage_charts import identity_charts
 router = APIRouter()
 
 
-def _form_values(request_form: dict[str, object]) -> dict[str, str]:
-    return {name: value for name, value in request_form.items() if isinstance(value, str) and name != "csrf_token"}
-
-
 @router.get("/identities", response_class=HTMLResponse)
 async def identities_list(
     request: Request, visitor: Visitor, keystile: KeystileDep, session: SessionDep
@@ -46,9 +42,9 @@ async def create_identity(
         spec = forms.identity_from_form(form)
         await keystile.identity_manager(session).create(owner_id=visitor.user.id, spec=spec)
     except forms.FormInvalid as invalid:
-        return _create_invalid(request, visitor, invalid.errors, _form_values(dict(form)))
+        return _create_invalid(request, visitor, invalid.errors, forms.typed_values(form))
     except IdentityConflictError as conflict:
-        return _create_invalid(request, visitor, {"external_id": str(conflict)}, _form_values(dict(form)))
+        return _create_invalid(request, visitor, {"external_id": str(conflict)}, forms.typed_values(form))
     return see_other("/ui/identities")
 
 
@@ -132,5 +128,5 @@ async def edit_identity(
     else:
         return see_other("/ui/identities")
     return await _identity_page(
-        request, visitor, keystile, keys, identity, errors=errors, values=_form_values(dict(form))
+        request, visitor, keystile, keys, identity, errors=errors, values=forms.typed_values(form)
     )

@@ -15,11 +15,28 @@ from keystile.deps import ClientIP, KeysDep, KeystileDep, SessionDep, ip_text
 from keystile.identities.service import IdentityNotFoundError
 from keystile.keys.models import ApiKey
 from keystile.keys.schemas import KeyUpdate
-from keystile.keys.service import IssuedKey, KeyManager, KeyNotFoundError, KeyState, KeyStateConflictError, key_state
+from keystile.keys.service import (
+    KEY_STATES,
+    IssuedKey,
+    KeyManager,
+    KeyNotFoundError,
+    KeyState,
+    KeyStateConflictError,
+    key_state,
+)
 from keystile.ui import forms, listing, sessions
-from keystile.ui.pages import FormVisitor, PageError, SignedIn, Visitor, confirmation, confirmed, render, see_other
+from keystile.ui.pages import (
+    FormVisitor,
+    PageError,
+    SignedIn,
+    Visitor,
+    confirmation,
+    confirmed,
+    page_number,
+    render,
+    see_other,
+)
 from keystile.ui.usage_charts import key_charts
-from keystile.usage.history import MAX_BUCKETS
 
 router = APIRouter()
 
@@ -37,10 +54,9 @@ def _bounded(value: str | None, name: str, low: int, high: int, visitor: SignedI
 def _state(value: str | None, visitor: SignedIn) -> KeyState | None:
     if value is None or value == "":
         return None
-    for state in listing.STATES:
-        if state == value:
-            return state
-    raise PageError(422, "Invalid filter", "Choose a state from the list.", visitor)
+    if value not in KEY_STATES:
+        raise PageError(422, "Invalid filter", "Choose a state from the list.", visitor)
+    return value
 
 
 @router.get("/keys", response_class=HTMLResponse)
@@ -55,12 +71,12 @@ async def keys_table(
 ) -> HTMLResponse:
     chosen = _state(state, visitor)
     unused = _bounded(unused_for_days, "Unused for (days)", 1, MAX_UNUSED_DAYS, visitor)
-    number = _bounded(page, "Page", 1, MAX_BUCKETS * 1000, visitor) or 1
+    number = page_number(page, visitor)
     listed = await listing.key_page(
         keys, owner_id=visitor.user.id, state=chosen, unused_for_days=unused, page=number, now=keystile.clock()
     )
     filters = {"state": chosen or "", "unused_for_days": unused or ""}
-    return render(request, "keys.html", visitor, listed=listed, filters=filters, states=listing.STATES)
+    return render(request, "keys.html", visitor, listed=listed, filters=filters, states=KEY_STATES)
 
 
 async def _new_key_form(
@@ -93,7 +109,7 @@ async def create_key(
     try:
         spec = forms.key_from_form(form)
     except forms.FormInvalid as invalid:
-        values = {name: value for name, value in form.items() if isinstance(value, str) and name != "csrf_token"}
+        values = forms.typed_values(form)
         return await _new_key_form(request, visitor, keystile, session, errors=invalid.errors, values=values)
     form_id = form.get("form_id")
     if not await sessions.spend_form(session, visitor.session_id, form_id if isinstance(form_id, str) else ""):

@@ -13,10 +13,9 @@ from sqlalchemy import select
 
 from keystile.identities.models import Identity
 from keystile.keys.schemas import KeyRead
-from keystile.keys.service import KEY_STATES, KeyManager, KeyState, key_state
+from keystile.keys.service import KeyManager, KeyState, key_state
 
 PAGE_SIZE = 25
-STATES = KEY_STATES
 
 
 @dataclass(frozen=True)
