@@ -2,7 +2,8 @@
 
 - `GET /bench/dependency`: the handler of `/data/export` behind a dependency that does nothing but take the request.
   Its throughput against `/healthz` is the ceiling of ANY route that authenticates through a FastAPI dependency,
-  which keystile's routes do (ARCHITECTURE.md: the service uses its own public dependency).
+  which keystile's routes do (ARCHITECTURE.md: the service uses its own public dependency). It is the last route.
+- `GET /bench/dependency-first`: the same, first in the routing table: what it costs with no route matching at all.
 - `GET /bench/redis`: the same, plus one Redis `PING` through redis-py's asyncio client: the ceiling of a route that
   makes one Redis round trip per request the plain way (only with `KEYSTILE_REDIS_URL`).
 
@@ -39,4 +40,12 @@ def create() -> FastAPI:
         await client.ping()
         return {"owner": 1, "data": []}
 
+    @app.get("/bench/dependency-first")
+    async def dependency_only_first(_: Annotated[None, Depends(nothing)]) -> dict[str, Any]:
+        return {"owner": 1, "data": []}
+
+    # The same reference twice: last in the routing table, where any route added to the app lands (as when the
+    # targets were set), and first, ahead even of keystile's own gateway routes, so that it pays for no matching.
+    first = app.router.routes.pop()
+    app.router.routes.insert(0, first)
     return app
