@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fastapi.routing import APIRoute
+from starlette.routing import Mount, Route
 
-from keystile.app import create_app
+from keystile.app import DOCUMENTED_TAGS, create_app
 from keystile.settings import Settings
 from tests.conftest import TEST_SECRET_KEY
 
@@ -106,3 +108,21 @@ def test_an_issued_key_links_to_what_can_be_done_with_it(document: dict[str, Any
             target_path, method = link["operationRef"].removeprefix("#/paths/").replace("~1", "/").rsplit("/", 1)
             assert method in paths[target_path], link
             assert link["parameters"] == {"key_pk": "$response.body#/id"}
+
+
+def test_sections_follow_the_api_order_whatever_order_routes_are_matched_in(document: dict[str, Any]) -> None:
+    used = {tag for path in document["paths"].values() for operation in path.values() for tag in operation["tags"]}
+
+    assert [tag["name"] for tag in document["tags"]] == list(DOCUMENTED_TAGS)
+    assert used == set(DOCUMENTED_TAGS)
+
+
+def test_the_gateway_routes_are_matched_first_and_every_api_route_without_a_nested_router() -> None:
+    app = create_app(Settings(secret_key=TEST_SECRET_KEY))
+    api_routes = [route for route in app.router.routes if isinstance(route, APIRoute)]
+
+    first_paths = list(dict.fromkeys(route.path for route in api_routes))[:3]
+    assert first_paths == ["/v1/keys/verify", "/v1/auth", "/data/export"]
+    # Only the dashboard (its own nested pages) is included the FastAPI >= 0.137 way (app._include_flat).
+    nested = [route for route in app.router.routes if not isinstance(route, APIRoute | Route | Mount)]
+    assert len(nested) == 1

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import asyncpg
 import pytest
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from keystile.db import DatabaseIncidents, is_database_unavailable
 from keystile.keys import format as key_format
 from keystile.keys.cache import DEFAULT_TTL_SECONDS, SUBSCRIBED_TTL_SECONDS
 from keystile.keys.loader import KeyLoader
@@ -28,7 +30,6 @@ from tests.helpers import (
     FakeMonotonic,
     KeystileClient,
     create_key,
-    key_header,
     make_admin,
     parse_time,
     recorded_statements,
@@ -158,29 +159,22 @@ async def test_a_kept_connection_the_database_dropped_is_replaced_without_failin
     assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
 
 
-async def test_a_sqlite_error_on_a_miss_is_an_outage_as_through_sqlalchemy(client: KeystileClient) -> None:
-    """The miss's SELECT skips SQLAlchemy (keys/loader.py), yet its errors read as SQLAlchemy's would: an unusable
-    database answers 503 to a key that must be read, and a stale entry is served through it."""
-    if client.keystile.engine.dialect.name != "sqlite":
-        pytest.skip("SQLite: aiosqlite's own errors")
-    headers = await user_headers(client)
-    stale, unread = await create_key(client, headers), await create_key(client, headers)
-    assert (await client.get("/data/export", headers=key_header(stale))).status_code == 200
-    client.keystile.key_cache.set_ttl(0)  # every entry past its refresh time, still within stale_if_error
-    path = client.keystile.engine.url.database
-    assert path is not None
-    with sqlite3.connect(path) as other:  # the table gone from under the kept connection: "no such table"
-        other.execute("ALTER TABLE api_keys RENAME TO api_keys_away")
+async def test_a_sqlite_error_on_a_miss_reads_as_sqlalchemy_s_so_an_unusable_database_is_an_outage(
+    tmp_path: Path,
+) -> None:
+    """The miss's SELECT skips SQLAlchemy (keys/loader.py), yet its errors are SQLAlchemy's: an unusable database is
+    then an outage (503, stale entries served, logged once) rather than a 500."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")  # no tables at all
+    loader = KeyLoader(engine, DatabaseIncidents(engine))
     try:
-        served_stale = await client.get("/data/export", headers=key_header(stale))
-        must_be_read = await client.get("/data/export", headers=key_header(unread))
+        with pytest.raises(OperationalError) as refused:
+            await loader("AAAAAAAAAAAA")
     finally:
-        with sqlite3.connect(path) as other:
-            other.execute("ALTER TABLE api_keys_away RENAME TO api_keys")
+        await loader.close()
+        await engine.dispose()
 
-    assert served_stale.status_code == 200
-    assert must_be_read.status_code == 503
-    assert must_be_read.json() == {"detail": "Database unavailable"}
+    assert is_database_unavailable(refused.value)
+    assert loader.driver_reads == 1  # it was the driver's own SELECT that failed
 
 
 async def test_closing_the_loader_gives_its_kept_connections_back(client: KeystileClient) -> None:
