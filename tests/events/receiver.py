@@ -64,6 +64,10 @@ def signature_matches(secret: str, message_id: str, timestamp: str, body: bytes,
     return False
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default listen backlog, 5, refuses a dispatcher's burst of 20 connections
+
+
 class Receiver:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -72,7 +76,7 @@ class Receiver:
         self._answers: deque[int] = deque()
         self._headers: dict[str, str] = {}
         self._changed = threading.Condition()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def answer(self, *statuses: int, headers: dict[str, str] | None = None) -> None:
@@ -102,7 +106,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = _Server(("127.0.0.1", self.port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self

@@ -2,21 +2,28 @@
 
 One loop per process (started by `Keystile`), woken after a commit that emitted events here and polling otherwise
 (`KEYSTILE_WEBHOOK_POLL_SECONDS`), for events written by other processes, retries that came due and leases that ran
-out. Each round:
+out. Each round is one transaction (step 4 happens in the round after the attempt):
 
+0. Record the results of the attempts made since the last round (`recording.write`).
 1. Fan-out: unhandled outbox events become one delivery per enabled endpoint of the owner subscribed to the type
    (`webhook.test` only to its own endpoint). PostgreSQL hands each event to one process (`FOR UPDATE SKIP LOCKED`);
    the unique (event, endpoint) pair makes a repeated fan-out harmless anyway.
-2. Claim: due deliveries are taken by moving `next_attempt_at` to the end of a lease and bumping `claims`, in one
-   UPDATE whose row choice skips rows another process has locked (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite runs
-   the statement under its single writer lock). A process that dies mid-send leaves the delivery due again when the
-   lease ends: delivered at least once, never lost. A result is written only while `claims` is still the claim's own.
+2. Claim: due deliveries are chosen skipping rows another process has locked (`FOR UPDATE SKIP LOCKED` on
+   PostgreSQL; SQLite runs the round under its single writer lock) and taken by moving `next_attempt_at` to the end
+   of a lease and bumping `claims`, in one UPDATE that checks again that they are due. A process that dies mid-send
+   leaves the delivery due again when the lease ends: delivered at least once, never lost. A result is written only
+   while `claims` is still the claim's own.
 3. Send, at most `KEYSTILE_WEBHOOK_CONCURRENCY` at once and `KEYSTILE_WEBHOOK_ENDPOINT_CONCURRENCY` per endpoint, so a
    slow receiver holds a few slots, never all. After a failed attempt its endpoint backs off in this process
    (1 s, 2 s, 4 s, ... up to 60 s, reset by a success): a dead receiver is probed, not hammered, and the other
    receivers' deliveries go on.
-4. Record the attempt; on failure schedule the next after `KEYSTILE_WEBHOOK_RETRY_DELAYS`, or mark the delivery failed
-   after the last one; disable the endpoint once it has failed for `KEYSTILE_WEBHOOK_DISABLE_AFTER_DAYS` days.
+4. A finished attempt wakes the next round, which records it with every other result that came in meanwhile: on
+   failure the next attempt after `KEYSTILE_WEBHOOK_RETRY_DELAYS`, or the delivery failed after the last one; the
+   endpoint disabled once it has failed for `KEYSTILE_WEBHOOK_DISABLE_AFTER_DAYS` days. A result waiting for its
+   round still holds its slot. Writing results one transaction each bounded a process at about 50 deliveries/s
+   (docs/PERFORMANCE.md, "Webhook delivery"). If the round's transaction fails, its results are written again one
+   transaction each, so one bad row (a delivery deleted with its endpoint meanwhile) does not take the others with it;
+   a result that still cannot be written is re-delivered when its lease ends.
 
 The worker uses its own engine (its own pool): delivery never takes a connection a request is waiting for, so the
 verification path's cost and latency do not depend on webhooks.
@@ -39,9 +46,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keystile.clock import Clock
 from keystile.db import is_database_unavailable
+from keystile.events import recording
 from keystile.events.delivery import AttemptResult, attempt, new_client
-from keystile.events.models import DeliveryAttempt, DeliveryState, OutboxEvent, WebhookDelivery
+from keystile.events.models import DeliveryState, OutboxEvent, WebhookDelivery
 from keystile.events.outbox import insert_ignoring_conflicts
+from keystile.events.recording import Finished
 from keystile.events.routing import receives
 from keystile.webhooks.models import WebhookEndpoint
 from keystile.webhooks.secrets import SecretBox
@@ -67,8 +76,8 @@ class DeliveryPolicy:
     allow_private: bool = False
 
     @property
-    def max_attempts(self) -> int:
-        return len(self.retry_delays) + 1
+    def record(self) -> recording.RecordPolicy:
+        return recording.RecordPolicy(retry_delays=self.retry_delays, disable_after_days=self.disable_after_days)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +107,7 @@ class Dispatcher:
         self.policy = policy
         self._wakeup = asyncio.Event()
         self._in_flight: dict[asyncio.Task[None], _Job] = {}
-        self._per_endpoint: Counter[int] = Counter()
+        self._unrecorded: list[Finished] = []  # attempts made, for the next round to record
         self._endpoint_failures: Counter[int] = Counter()
         self._endpoint_blocked_until: dict[int, datetime] = {}
         self._client: httpx.AsyncClient | None = None
@@ -106,7 +115,7 @@ class Dispatcher:
         self._database_errors = 0  # in a row: one alone is a dropped connection, not an outage (_report)
 
     def __repr__(self) -> str:
-        return f"Dispatcher(in_flight={len(self._in_flight)})"
+        return f"Dispatcher(in_flight={len(self._in_flight)}, unrecorded={len(self._unrecorded)})"
 
     def wake(self) -> None:
         """Run a round now (a commit here emitted events, a slot came free, a test moved the clock)."""
@@ -123,110 +132,147 @@ class Dispatcher:
                     await self._wakeup.wait()
 
     async def run_once(self) -> int:
-        """One round: fan out new events, start the due deliveries there is room for. How many were started."""
+        """One round, one transaction: record the attempts made since the last round, fan out new events, claim the
+        due deliveries there is room for; then start those. How many were started."""
+        finished, self._unrecorded = self._unrecorded, []
+        committed = False
         try:
-            await self.fan_out()
-            jobs = await self._claim()
+            async with self._sessions() as session:
+                now = self._clock()
+                await recording.write(session, finished, now=now, policy=self.policy.record)
+                await self._fan_out(session, now)
+                jobs = await self._claim(session, now)
+                await session.commit()
+                committed = True
         except Exception as error:
+            await self._record_one_by_one(finished)
             self._report(error)
             return 0
+        except BaseException:
+            # Cancelled (shutdown): `close` records them. Cancelled while the COMMIT was on its way, they may be
+            # written twice: one more attempt row, the delivery itself unchanged (its claim check).
+            if not committed:
+                self._unrecorded[:0] = finished
+            raise
         self._recovered()
         for job in jobs:
             self._start(job)
         return len(jobs)
 
-    async def fan_out(self) -> int:
+    async def settle(self) -> None:
+        """Wait until every attempt in flight has been made (its result is recorded by the next round)."""
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    async def _record_one_by_one(self, finished: Sequence[Finished]) -> None:
+        for item in finished:
+            try:
+                async with self._sessions() as session:
+                    await recording.write(session, [item], now=self._clock(), policy=self.policy.record)
+                    await session.commit()
+            except Exception as error:  # the lease runs out and the delivery is attempted again: nothing lost
+                self._report(error)
+
+    async def _fan_out(self, session: AsyncSession, now: datetime) -> int:
         """Turn unhandled outbox events into deliveries; how many events were handled."""
-        async with self._sessions() as session:
-            pending = (
-                await session.execute(
-                    select(OutboxEvent.id, OutboxEvent.owner_id, OutboxEvent.type, OutboxEvent.endpoint_id)
-                    .where(OutboxEvent.fanned_out.is_(False))
-                    .order_by(OutboxEvent.id)
-                    .limit(FAN_OUT_BATCH)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            if not pending:
-                return 0
-            endpoints = (
-                await session.execute(
-                    select(WebhookEndpoint.id, WebhookEndpoint.user_id, WebhookEndpoint.events).where(
-                        WebhookEndpoint.user_id.in_({event.owner_id for event in pending}),
-                        WebhookEndpoint.enabled.is_(True),
-                    )
-                )
-            ).all()
-            now = self._clock()
-            deliveries = [
-                {
-                    "event_pk": event.id,
-                    "endpoint_id": endpoint.id,
-                    "state": DeliveryState.PENDING,
-                    "attempts": 0,
-                    "claims": 0,
-                    "next_attempt_at": now,
-                }
-                for event in pending
-                for endpoint in endpoints
-                if receives(endpoint, event)
-            ]
-            if deliveries:
-                await session.execute(insert_ignoring_conflicts(session, WebhookDelivery.__table__), deliveries)
+        pending = (
             await session.execute(
-                update(OutboxEvent).where(OutboxEvent.id.in_([event.id for event in pending])).values(fanned_out=True)
+                select(OutboxEvent.id, OutboxEvent.owner_id, OutboxEvent.type, OutboxEvent.endpoint_id)
+                .where(OutboxEvent.fanned_out.is_(False))
+                .order_by(OutboxEvent.id)
+                .limit(FAN_OUT_BATCH)
+                .with_for_update(skip_locked=True)
             )
-            await session.commit()
+        ).all()
+        if not pending:
+            return 0
+        endpoints = (
+            await session.execute(
+                select(WebhookEndpoint.id, WebhookEndpoint.user_id, WebhookEndpoint.events).where(
+                    WebhookEndpoint.user_id.in_({event.owner_id for event in pending}),
+                    WebhookEndpoint.enabled.is_(True),
+                )
+            )
+        ).all()
+        deliveries = [
+            {
+                "event_pk": event.id,
+                "endpoint_id": endpoint.id,
+                "state": DeliveryState.PENDING,
+                "attempts": 0,
+                "claims": 0,
+                "next_attempt_at": now,
+            }
+            for event in pending
+            for endpoint in endpoints
+            if receives(endpoint, event)
+        ]
+        if deliveries:
+            await session.execute(insert_ignoring_conflicts(session, WebhookDelivery.__table__), deliveries)
+        await session.execute(
+            update(OutboxEvent).where(OutboxEvent.id.in_([event.id for event in pending])).values(fanned_out=True)
+        )
         return len(pending)
 
-    async def _claim(self) -> list[_Job]:
-        free = self.policy.concurrency - len(self._in_flight)
+    async def _claim(self, session: AsyncSession, now: datetime) -> list[_Job]:
+        # A slot is held from the claim until the attempt's result is recorded (by this round, for those it took).
+        busy = Counter(job.endpoint_id for job in self._in_flight.values())
+        busy.update(item.endpoint_id for item in self._unrecorded)
+        free = self.policy.concurrency - busy.total()
         if free <= 0:
             return []
-        now = self._clock()
-        excluded = {endpoint for endpoint, count in self._per_endpoint.items() if count >= self.policy.per_endpoint}
+        excluded = {endpoint for endpoint, count in busy.items() if count >= self.policy.per_endpoint}
         excluded |= {endpoint for endpoint, until in self._endpoint_blocked_until.items() if until > now}
-        due = (WebhookDelivery.state == DeliveryState.PENDING, WebhookDelivery.next_attempt_at <= now)
+        # Never one this process still holds, even if its lease ran out (a clock that jumped): its result is coming.
+        held = [job.delivery_id for job in self._in_flight.values()] + [item.delivery_id for item in self._unrecorded]
+        due = (
+            WebhookDelivery.state == DeliveryState.PENDING,
+            WebhookDelivery.next_attempt_at <= now,
+            WebhookDelivery.id.not_in(held),
+        )
         lease_end = now + timedelta(seconds=self.policy.lease_seconds)
-        async with self._sessions() as session:
-            # The endpoints with due deliveries, longest waiting first, then a few deliveries of each.
-            endpoint_ids = list(
-                await session.scalars(
-                    select(WebhookDelivery.endpoint_id)
-                    .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-                    .where(*due, WebhookEndpoint.enabled.is_(True), WebhookDelivery.endpoint_id.not_in(excluded))
-                    .group_by(WebhookDelivery.endpoint_id)
-                    .order_by(func.min(WebhookDelivery.next_attempt_at))
-                    .limit(free)
-                )
+        # The endpoints with due deliveries, longest waiting first, then a few deliveries of each.
+        endpoint_ids = list(
+            await session.scalars(
+                select(WebhookDelivery.endpoint_id)
+                .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+                .where(*due, WebhookEndpoint.enabled.is_(True), WebhookDelivery.endpoint_id.not_in(excluded))
+                .group_by(WebhookDelivery.endpoint_id)
+                .order_by(func.min(WebhookDelivery.next_attempt_at))
+                .limit(free)
             )
-            claimed: list[Any] = []
-            for endpoint_id in endpoint_ids:
-                room = min(self.policy.per_endpoint - self._per_endpoint[endpoint_id], free - len(claimed))
-                if room <= 0:
-                    break
-                choice = (
+        )
+        claimed: list[Any] = []
+        for endpoint_id in endpoint_ids:
+            room = min(self.policy.per_endpoint - busy[endpoint_id], free - len(claimed))
+            if room <= 0:
+                break
+            # Chosen by a statement of its own, not a subquery of the UPDATE: PostgreSQL may run such a subquery
+            # again for each row, and a re-run skips the rows this UPDATE has just claimed (its own row locks) and
+            # picks the next ones, so the LIMIT held for nothing (a whole fan-out batch, 500, started at once).
+            chosen = list(
+                await session.scalars(
                     select(WebhookDelivery.id)
                     .where(*due, WebhookDelivery.endpoint_id == endpoint_id)
                     .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
                     .limit(room)
                     .with_for_update(skip_locked=True)
                 )
-                claim = (
-                    update(WebhookDelivery)
-                    .where(WebhookDelivery.id.in_(choice), *due)
-                    .values(
-                        next_attempt_at=lease_end,
-                        claims=WebhookDelivery.claims + 1,
-                        attempts=WebhookDelivery.attempts + 1,
-                    )
-                    .returning(WebhookDelivery.id, WebhookDelivery.attempts, WebhookDelivery.claims)
-                    .execution_options(synchronize_session=False)
+            )
+            if not chosen:
+                continue
+            claim = (
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id.in_(chosen), *due)
+                .values(
+                    next_attempt_at=lease_end,
+                    claims=WebhookDelivery.claims + 1,
+                    attempts=WebhookDelivery.attempts + 1,
                 )
-                claimed.extend((await session.execute(claim)).all())
-            jobs = await self._jobs(session, claimed)
-            await session.commit()
-        return jobs
+                .returning(WebhookDelivery.id, WebhookDelivery.attempts, WebhookDelivery.claims)
+                .execution_options(synchronize_session=False)
+            )
+            claimed.extend((await session.execute(claim)).all())
+        return await self._jobs(session, claimed)
 
     async def _jobs(self, session: AsyncSession, claimed: Sequence[Any]) -> list[_Job]:
         if not claimed:
@@ -263,15 +309,11 @@ class Dispatcher:
     def _start(self, job: _Job) -> None:
         task = asyncio.create_task(self._deliver(job))
         self._in_flight[task] = job
-        self._per_endpoint[job.endpoint_id] += 1
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        job = self._in_flight.pop(task)
-        self._per_endpoint[job.endpoint_id] -= 1
-        if self._per_endpoint[job.endpoint_id] <= 0:
-            del self._per_endpoint[job.endpoint_id]
-        self._wakeup.set()  # a slot came free
+        del self._in_flight[task]
+        self._wakeup.set()  # a result to record, or a slot came free
 
     async def _deliver(self, job: _Job) -> None:
         if self._client is None:
@@ -287,7 +329,7 @@ class Dispatcher:
                 timeout_seconds=self.policy.timeout_seconds,
             )
             self._note_endpoint(job.endpoint_id, result)
-            await self._record(job, result)
+            self._unrecorded.append(Finished(job.delivery_id, job.endpoint_id, job.attempt, job.claim, result))
         except Exception as error:  # the lease runs out and the delivery is attempted again: nothing lost
             self._report(error)
 
@@ -299,63 +341,6 @@ class Dispatcher:
         self._endpoint_failures[endpoint_id] += 1
         backoff = min(2.0 ** (self._endpoint_failures[endpoint_id] - 1), ENDPOINT_BACKOFF_MAX_SECONDS)
         self._endpoint_blocked_until[endpoint_id] = self._clock() + timedelta(seconds=backoff)
-
-    async def _record(self, job: _Job, result: AttemptResult) -> None:
-        now = self._clock()
-        next_attempt_at: datetime | None = None
-        if result.delivered:
-            state = DeliveryState.DELIVERED
-        elif job.attempt >= self.policy.max_attempts:
-            state = DeliveryState.FAILED
-        else:
-            state = DeliveryState.PENDING
-            next_attempt_at = now + timedelta(seconds=self.policy.retry_delays[job.attempt - 1])
-        async with self._sessions() as session:
-            session.add(
-                DeliveryAttempt(
-                    delivery_id=job.delivery_id,
-                    endpoint_id=job.endpoint_id,
-                    attempt=job.attempt,
-                    at=now,
-                    status_code=result.status_code,
-                    error=result.error,
-                    next_attempt_at=next_attempt_at,
-                )
-            )
-            await session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == job.delivery_id, WebhookDelivery.claims == job.claim)
-                .values(state=state, next_attempt_at=next_attempt_at)
-            )
-            endpoint = update(WebhookEndpoint).where(WebhookEndpoint.id == job.endpoint_id)
-            if result.delivered:
-                await session.execute(
-                    endpoint.where(WebhookEndpoint.failing_since.is_not(None)).values(failing_since=None)
-                )
-            else:
-                await session.execute(endpoint.values(failing_since=func.coalesce(WebhookEndpoint.failing_since, now)))
-                await self._disable_if_failing_too_long(session, job.endpoint_id, now)
-            await session.commit()
-
-    async def _disable_if_failing_too_long(self, session: AsyncSession, endpoint_id: int, now: datetime) -> None:
-        if self.policy.disable_after_days <= 0:
-            return
-        cutoff = now - timedelta(days=self.policy.disable_after_days)
-        disabled = await session.execute(
-            update(WebhookEndpoint)
-            .where(
-                WebhookEndpoint.id == endpoint_id,
-                WebhookEndpoint.enabled.is_(True),
-                WebhookEndpoint.failing_since <= cutoff,
-            )
-            .values(enabled=False)
-        )
-        if getattr(disabled, "rowcount", 0):
-            logger.warning(
-                "webhook endpoint %d disabled: its deliveries have failed for %d days",
-                endpoint_id,
-                self.policy.disable_after_days,
-            )
 
     def _report(self, error: BaseException) -> None:
         """A failed round or record, logged once until a round succeeds again (no line per poll). A database error is
@@ -380,19 +365,33 @@ class Dispatcher:
             logger.info("webhook delivery resumed")
 
     async def close(self) -> None:
-        """Let attempts in flight finish for a moment; hand back the claims of those that do not, so another
-        process (or this one, restarted) retries them at once instead of after the lease."""
+        """Let attempts in flight finish for a moment and record every result made; hand back the claims of the
+        attempts that do not finish, so another process (or this one, restarted) retries them at once instead of
+        after the lease. Called once the run loop has stopped."""
         tasks = list(self._in_flight)
+        abandoned: list[_Job] = []
         if tasks:
             _done, unfinished = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_SECONDS)
             abandoned = [self._in_flight[task] for task in unfinished if task in self._in_flight]
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
-            await self._release(abandoned)
+        await self._record_unrecorded()
+        await self._release(abandoned)
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    async def _record_unrecorded(self) -> None:
+        finished, self._unrecorded = self._unrecorded, []
+        if not finished:
+            return
+        try:
+            async with self._sessions() as session:
+                await recording.write(session, finished, now=self._clock(), policy=self.policy.record)
+                await session.commit()
+        except Exception:
+            await self._record_one_by_one(finished)
 
     async def _release(self, jobs: Sequence[_Job]) -> None:
         if not jobs:
