@@ -200,3 +200,33 @@ async def test_shutdown_waits_for_leases_in_flight_before_handing_units_back(cli
 
     assert (await asked).allowed
     assert await stored(clients[1], "key:in-flight") == 1
+
+
+async def test_a_burst_waits_for_the_one_lease_asked_for_instead_of_each_making_a_round_trip(
+    clients: list[CountingRedis],
+) -> None:
+    client = clients[0]
+    limiter = RedisRateLimiter(client)
+
+    decisions = await asyncio.gather(*(hit(limiter, "key:burst", limit=1_000_000) for _ in range(60)))
+
+    assert all(d.allowed for d in decisions)
+    assert sorted(d.remaining for d in decisions) == list(range(1_000_000 - 60, 1_000_000))
+    assert client.script_calls == 1  # one request asked for 1 + 64 units; the other 59 were served from them
+    assert await stored(client, "key:burst") == 65
+
+
+async def test_past_half_the_limit_a_burst_is_decided_in_one_batch_after_one_refused_lease(
+    clients: list[CountingRedis],
+) -> None:
+    client = clients[0]
+    await client.set(f"{KEY_PREFIX}key:past-half:{WINDOW_START_MS}", 600)
+    limiter = RedisRateLimiter(client)
+
+    decisions = await asyncio.gather(*(hit(limiter, "key:past-half", limit=1000) for _ in range(500)))
+
+    assert sum(d.allowed for d in decisions) == 400
+    # The first asked for a lease and was refused (600 is past half of 1000); the rest, which waited for that answer,
+    # went together in one batch, and no request asks for a lease again in this window.
+    assert client.script_calls == 2
+    assert await stored(client, "key:past-half") == 1000

@@ -29,7 +29,10 @@ units more than its cost (`lease_size`), and this process admits its next reques
 round trip. The script grants a lease only while the counter, lease included, stays at or below half the limit, so
 from half the limit on every decision is made in Redis, one request at a time, exactly as without leases. Units are
 never admitted twice (a lease is units added to the shared counter), so no window ever admits more than its limit;
-the cost is the other way: a leased unit not yet used counts as used for everybody else. Unused units are handed back
+the cost is the other way: a leased unit not yet used counts as used for everybody else. While this process waits
+for a lease, its other requests on that counter wait for the same answer rather than make round trips of their own,
+so a burst is served from the lease it asked for and leaves none of it unused; once Redis refuses a lease (the
+counter is past half), none is asked for again in that window. Unused units are handed back
 (a DECRBY in a later batch) when their lease has not been used for `LEASE_IDLE_SECONDS`, when the limit changes, and
 at shutdown. Hence the exactness bound (docs/RATE_LIMITS.md, "Leases"): with P processes, a window admits between
 limit - P x lease_size(limit) and limit, and fewer than the limit only while some process holds a lease it is not
@@ -144,7 +147,7 @@ class _Request(NamedTuple):
 class _Lease:
     """Units of one window's counter that this process added in Redis and has not used yet."""
 
-    __slots__ = ("key", "left", "limit", "room", "start_ms", "used_at")
+    __slots__ = ("key", "left", "limit", "refused", "room", "start_ms", "used_at")
 
     def __init__(self, key: str, start_ms: int, limit: int) -> None:
         self.key = key  # the counter's Redis key, window included
@@ -153,6 +156,7 @@ class _Lease:
         self.left = 0
         self.room = 0  # the limit minus the counter's value just after this process's last lease
         self.used_at = 0.0  # monotonic
+        self.refused = False  # Redis refused a lease: the counter is past half the limit for the rest of the window
 
 
 class _Exhausted(NamedTuple):
@@ -178,7 +182,8 @@ class RedisRateLimiter:
         self._seen: dict[tuple[str, int], int] = {}  # (bucket, window start) -> count, for counters passed together
         self._next_sweep_size = SWEEP_THRESHOLD
         self._leases: dict[str, _Lease] = {}  # by bucket
-        self._leasing: set[str] = set()  # buckets with a lease asked for and not yet answered: one at a time
+        # Buckets with a lease asked for and not yet answered, one at a time; set once answered.
+        self._leasing: dict[str, asyncio.Event] = {}
         self._returns: list[tuple[str, int]] = []  # (Redis key, units) to hand back with the next batch
         self._next_idle_check = 0.0
         self._monotonic = monotonic
@@ -191,42 +196,61 @@ class RedisRateLimiter:
 
     async def hit(self, bucket: str, *, limit: int, window_seconds: int, cost: int, now: datetime) -> Decision:
         window = Window.at(now, window_seconds)
-        lease = self._leases.get(bucket)
-        if lease is not None:
-            if lease.start_ms != window.start_ms or lease.limit != limit:
-                self._end_lease(bucket, lease, window)
-                lease = None
-            elif cost and lease.left >= cost:  # before the exhausted check: these units are this process's own
+        exhausted = _Exhausted(window.start_ms, window.seconds, limit)
+        while True:
+            lease = self._current_lease(bucket, window, limit)
+            if lease is not None and cost and lease.left >= cost:  # before the exhausted check: this process's own
                 lease.left -= cost
                 lease.used_at = self._monotonic()
                 return Decision(True, limit, window.seconds, lease.room + lease.left, window.reset_seconds)
-        exhausted = _Exhausted(window.start_ms, window.seconds, limit)
-        if self._exhausted.get(bucket) == exhausted:
-            return window.decide(used_before=limit, limit=limit, cost=cost)[0]
+            if self._exhausted.get(bucket) == exhausted:
+                return window.decide(used_before=limit, limit=limit, cost=cost)[0]
+            asked = self._leasing.get(bucket)
+            if asked is None or not cost:
+                break
+            # This process is asking Redis for a lease on this counter: the answer may well cover this request too,
+            # so it waits for that rather than make a round trip of its own (and a burst leaves no lease unused).
+            await asked.wait()
         key = f"{KEY_PREFIX}{bucket}:{window.start_ms}"
         expiry_ms = window.end_ms - window.now_ms + 1000
-        wanted = lease_size(limit) if cost and bucket not in self._leasing else 0
+        wanted = lease_size(limit) if cost and (lease is None or not lease.refused) else 0
         if not wanted:
             used = (await self._ask((key,), [1, cost, 0, limit, expiry_ms]))[0]
         else:
-            self._leasing.add(bucket)
+            answered = self._leasing[bucket] = asyncio.Event()
             args = [1, cost, wanted, limit, expiry_ms]
             try:
                 used = (await self._ask((key,), args))[0]
             finally:
-                self._leasing.discard(bucket)
-            wanted = args[2]  # 0 if its batch withdrew the lease (`_withdraw_contended_leases`)
-            if wanted and 2 * (used + cost + wanted) <= limit:  # the script's own rule: the lease was granted
-                return self._granted(bucket, key, window, limit, used + cost + wanted, wanted)
+                del self._leasing[bucket]
+                answered.set()
+            if args[2]:  # still asked for: its batch did not withdraw it (`_withdraw_contended_leases`)
+                if 2 * (used + cost + wanted) <= limit:  # the script's own rule: the lease was granted
+                    return self._granted(bucket, key, window, limit, used + cost + wanted, wanted)
+                # Past half the limit: no lease until the window ends (a counter only grows), so requests are not
+                # held back one round trip at a time asking for leases that would be refused.
+                self._lease_of(bucket, key, window, limit).refused = True
         decision, used_after = window.decide(used_before=used, limit=limit, cost=cost)
         if used_after >= limit:
             self._remember_exhausted(bucket, exhausted)
         return decision
 
-    def _granted(self, bucket: str, key: str, window: Window, limit: int, used_after: int, units: int) -> Decision:
+    def _current_lease(self, bucket: str, window: Window, limit: int) -> _Lease | None:
+        """This process's lease on the bucket's current window and limit; one of another window or limit ends here."""
         lease = self._leases.get(bucket)
-        if lease is None or lease.start_ms != window.start_ms or lease.limit != limit:
+        if lease is not None and (lease.start_ms != window.start_ms or lease.limit != limit):
+            self._end_lease(bucket, lease, window)
+            return None
+        return lease
+
+    def _lease_of(self, bucket: str, key: str, window: Window, limit: int) -> _Lease:
+        lease = self._current_lease(bucket, window, limit)
+        if lease is None:
             lease = self._leases[bucket] = _Lease(key, window.start_ms, limit)
+        return lease
+
+    def _granted(self, bucket: str, key: str, window: Window, limit: int, used_after: int, units: int) -> Decision:
+        lease = self._lease_of(bucket, key, window, limit)
         lease.left += units
         lease.room = limit - used_after
         lease.used_at = self._monotonic()
