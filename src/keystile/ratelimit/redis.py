@@ -140,7 +140,7 @@ class _Request(NamedTuple):
     """One decision waiting for its batch: its counters, the script's arguments, and where the answer goes."""
 
     keys: tuple[str, ...]
-    args: list[int]  # len(keys), cost, lease (which the batch may set to 0), then each limit and expiry in ms
+    args: tuple[int, ...]  # len(keys), cost, lease, then each counter's limit and expiry in ms
     used_before: asyncio.Future[list[int]]
 
 
@@ -215,21 +215,19 @@ class RedisRateLimiter:
         expiry_ms = window.end_ms - window.now_ms + 1000
         wanted = lease_size(limit) if cost and (lease is None or not lease.refused) else 0
         if not wanted:
-            used = (await self._ask((key,), [1, cost, 0, limit, expiry_ms]))[0]
+            used = (await self._ask((key,), (1, cost, 0, limit, expiry_ms)))[0]
         else:
             answered = self._leasing[bucket] = asyncio.Event()
-            args = [1, cost, wanted, limit, expiry_ms]
             try:
-                used = (await self._ask((key,), args))[0]
+                used = (await self._ask((key,), (1, cost, wanted, limit, expiry_ms)))[0]
             finally:
                 del self._leasing[bucket]
                 answered.set()
-            if args[2]:  # still asked for: its batch did not withdraw it (`_withdraw_contended_leases`)
-                if 2 * (used + cost + wanted) <= limit:  # the script's own rule: the lease was granted
-                    return self._granted(bucket, key, window, limit, used + cost + wanted, wanted)
-                # Past half the limit: no lease until the window ends (a counter only grows), so requests are not
-                # held back one round trip at a time asking for leases that would be refused.
-                self._lease_of(bucket, key, window, limit).refused = True
+            if 2 * (used + cost + wanted) <= limit:  # the script's own rule: the lease was granted
+                return self._granted(bucket, key, window, limit, used + cost + wanted, wanted)
+            # Past half the limit: no lease until the window ends (a counter only grows), so requests are not held
+            # back one round trip at a time asking for leases that would be refused.
+            self._lease_of(bucket, key, window, limit).refused = True
         decision, used_after = window.decide(used_before=used, limit=limit, cost=cost)
         if used_after >= limit:
             self._remember_exhausted(bucket, exhausted)
@@ -278,7 +276,7 @@ class RedisRateLimiter:
         args = [len(counters), cost, 0]
         for counter, window in zip(counters, windows, strict=True):
             args += (counter.limit, window.end_ms - window.now_ms + 1000)
-        used = await self._ask(keys, args)
+        used = await self._ask(keys, tuple(args))
         decisions = decide_together(windows, counters, used, cost)
         admitted = all(d.allowed for d in decisions)
         for counter, window, exhausted, used_before in zip(counters, windows, remembered, used, strict=True):
@@ -290,7 +288,7 @@ class RedisRateLimiter:
             self._seen.clear()  # only shown in refusals' headers: losing it costs nothing but accuracy there
         return decisions
 
-    async def _ask(self, keys: tuple[str, ...], args: list[int]) -> list[int]:
+    async def _ask(self, keys: tuple[str, ...], args: tuple[int, ...]) -> list[int]:
         """The counters' values before this request, from the batch it joins."""
         loop = asyncio.get_running_loop()
         request = _Request(keys, args, loop.create_future())
@@ -317,7 +315,6 @@ class RedisRateLimiter:
         self._return_idle_leases()
         # Hand-backs first: a decision in the same batch (on a lowered limit, say) sees the counter without them.
         batch, self._waiting = self._take_returns() + self._waiting, []
-        _withdraw_contended_leases(batch)
         try:
             await self._probe_for_cluster()
             await asyncio.gather(*(self._send(group) for group in self._groups(batch)))
@@ -346,7 +343,7 @@ class RedisRateLimiter:
         for key, units in self._returns:
             answer: asyncio.Future[list[int]] = loop.create_future()
             answer.add_done_callback(_ignore_answer)
-            requests.append(_Request((key,), [1, -units, 0, 0, 0], answer))
+            requests.append(_Request((key,), (1, -units, 0, 0, 0), answer))
         self._returns = []
         return requests
 
@@ -426,21 +423,6 @@ class RedisRateLimiter:
         if self._returns:  # each group's failure is its own (`_send`): nothing raises here
             await asyncio.gather(*(self._send(group) for group in self._groups(self._take_returns())))
         await self._client.aclose()
-
-
-def _withdraw_contended_leases(batch: list[_Request]) -> None:
-    """No lease for a counter that other requests of the same batch pass too. Those requests come faster than one
-    per round trip, which batching already serves with one call, and they are decided in Redis whatever the lease:
-    a lease granted now would sit unused, counted as used by everybody, after a burst that has been answered."""
-    if len(batch) < 2 or not any(request.args[2] for request in batch):
-        return
-    requests_on: dict[str, int] = {}
-    for request in batch:
-        for key in request.keys:
-            requests_on[key] = requests_on.get(key, 0) + 1
-    for request in batch:
-        if request.args[2] and requests_on[request.keys[0]] > 1:
-            request.args[2] = 0
 
 
 def _ignore_answer(answer: asyncio.Future[list[int]]) -> None:
