@@ -8,7 +8,7 @@ from fastapi.responses import HTMLResponse, Response
 from keystile.deps import ClientIP, KeysDep, KeystileDep, SessionDep, ip_text
 from keystile.ui import listing
 from keystile.ui.key_pages import find_key, revoke_confirmation
-from keystile.ui.pages import AdminFormVisitor, AdminVisitor, confirmed, page_number, render, see_other
+from keystile.ui.pages import AdminFormVisitor, AdminVisitor, confirmed, one_page, page_number, render, see_other
 from keystile.users import service as users_service
 
 router = APIRouter()
@@ -44,14 +44,9 @@ async def all_users(
     request: Request, visitor: AdminVisitor, session: SessionDep, page: str | None = None
 ) -> HTMLResponse:
     number = page_number(page, visitor)
-    users = await users_service.list_with_key_counts(
-        session, limit=USERS_PAGE_SIZE + 1, offset=(number - 1) * USERS_PAGE_SIZE
+    users, has_next = await one_page(
+        lambda limit, offset: users_service.list_with_key_counts(session, limit=limit, offset=offset),
+        number,
+        USERS_PAGE_SIZE,
     )
-    return render(
-        request,
-        "admin_users.html",
-        visitor,
-        users=users[:USERS_PAGE_SIZE],
-        page=number,
-        has_next=len(users) > USERS_PAGE_SIZE,
-    )
+    return render(request, "admin_users.html", visitor, users=users, page=number, has_next=has_next)

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from keystile.identities.models import Identity
 from keystile.keys.schemas import KeyRead
 from keystile.keys.service import KeyManager, KeyState, key_state
+from keystile.ui.pages import one_page
 
 PAGE_SIZE = 25
 
@@ -43,15 +44,19 @@ async def key_page(
     identity_id: int | None = None,
 ) -> KeyPage:
     """Page `page` (from 1) of keys, newest first; every owner's when `owner_id` is None (admins)."""
-    rows = await keys.list_page(
-        owner_id=owner_id,
-        limit=PAGE_SIZE + 1,  # one more than shown: whether there is a next page
-        offset=(page - 1) * PAGE_SIZE,
-        unused_for_days=unused_for_days,
-        state=state,
-        identity_id=identity_id,
+    rows, has_next = await one_page(
+        lambda limit, offset: keys.list_page(
+            owner_id=owner_id,
+            limit=limit,
+            offset=offset,
+            unused_for_days=unused_for_days,
+            state=state,
+            identity_id=identity_id,
+        ),
+        page,
+        PAGE_SIZE,
     )
-    reads = await keys.read(rows[:PAGE_SIZE])
+    reads = await keys.read(rows)
     names = await identity_names(keys, {read.identity_id for read in reads if read.identity_id is not None})
     return KeyPage(
         rows=[
@@ -59,7 +64,7 @@ async def key_page(
             for read in reads
         ],
         page=page,
-        has_next=len(rows) > PAGE_SIZE,
+        has_next=has_next,
     )
 
 

@@ -7,9 +7,10 @@ in and carrying this session's CSRF token, else 403 and nothing changes); `Admin
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -102,6 +103,8 @@ AdminFormVisitor = Annotated[SignedIn, Depends(_admin_form)]
 
 MAX_PAGE = 1_000_000
 
+Row = TypeVar("Row")
+
 
 def text(form: FormData, name: str, *, limit: int = 4096) -> str:
     """A text field of a form, stripped; "" when absent or a file. Longer than `limit`: cut, and refused later by
@@ -117,6 +120,15 @@ def page_number(page: str | None, visitor: SignedIn) -> int:
     if not page.isdigit() or not 1 <= int(page[:8]) <= MAX_PAGE:
         raise PageError(422, "Invalid page", f"Page must be a whole number from 1 to {MAX_PAGE}.", visitor)
     return int(page)
+
+
+async def one_page(
+    fetch: Callable[[int, int], Awaitable[Sequence[Row]]], number: int, size: int
+) -> tuple[Sequence[Row], bool]:
+    """Page `number` (from 1) of `size` rows from `fetch(limit, offset)`, and whether another page follows: one row
+    more than shown is fetched to know."""
+    rows = await fetch(size + 1, (number - 1) * size)
+    return rows[:size], len(rows) > size
 
 
 def confirmed(form: FormData) -> bool:
