@@ -70,6 +70,20 @@ def signed_in(page: Page, server: KeystileServer, label: str = "user") -> str:
     return email
 
 
+@contextlib.contextmanager
+def signed_in_admin(browser: Browser, server: KeystileServer, workdir: Path) -> Iterator[Page]:
+    """A page of a new administrator's own browser context, made as an operator makes the first admin."""
+    email = new_email("admin")
+    create_admin(server.env_for_cli, email, workdir)  # type: ignore[attr-defined]
+    context = browser.new_context(base_url=server.url)
+    try:
+        admin = context.new_page()
+        sign_in(admin, email)
+        yield admin
+    finally:
+        context.close()
+
+
 def create_key(page: Page, name: str = "browser key") -> str:
     page.get_by_role("link", name="Keys", exact=True).click()
     page.get_by_role("link", name="Create key").click()
@@ -179,16 +193,9 @@ def test_another_users_key_is_404_and_the_admin_page_is_403_for_others(
     finally:
         other.close()
 
-    admin_email = new_email("admin")
-    create_admin(server.env_for_cli, admin_email, tmp_path)  # type: ignore[attr-defined]
-    admin_context = browser.new_context(base_url=server.url)
-    try:
-        admin = admin_context.new_page()
-        sign_in(admin, admin_email)
+    with signed_in_admin(browser, server, tmp_path) as admin:
         admin.get_by_role("link", name="All keys").click()
         expect(admin.get_by_role("cell", name="owners key", exact=True)).to_be_visible()
-    finally:
-        admin_context.close()
 
 
 def test_an_admin_revokes_another_users_key_only_after_confirming(
@@ -196,12 +203,7 @@ def test_an_admin_revokes_another_users_key_only_after_confirming(
 ) -> None:
     owner = signed_in(page, server, "owner")
     raw = create_key(page, "key to pull")
-    admin_email = new_email("admin")
-    create_admin(server.env_for_cli, admin_email, tmp_path)  # type: ignore[attr-defined]
-    admin_context = browser.new_context(base_url=server.url)
-    try:
-        admin = admin_context.new_page()
-        sign_in(admin, admin_email)
+    with signed_in_admin(browser, server, tmp_path) as admin:
         admin.get_by_role("link", name="Users").click()
         expect(admin.get_by_role("cell", name=owner)).to_be_visible()
         admin.get_by_role("link", name="All keys").click()
@@ -212,8 +214,6 @@ def test_an_admin_revokes_another_users_key_only_after_confirming(
         expect(admin.get_by_role("heading", name="All keys")).to_be_visible()
         expect(admin.get_by_role("button", name="Revoke key to pull")).to_have_count(0)
         assert export_status(server, raw) == 401
-    finally:
-        admin_context.close()
 
 
 def test_a_post_without_or_with_a_wrong_csrf_token_is_403_and_changes_nothing(
