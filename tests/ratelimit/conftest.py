@@ -8,14 +8,27 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
 from tests import backends
 from tests.process import free_port
 
 READY_SECONDS = 10.0
+
+
+class CountingRedis(redis.asyncio.Redis):
+    """Counts script calls, i.e. round trips of decisions."""
+
+    script_calls = 0
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if args[0] in ("EVALSHA", "EVAL"):
+            self.script_calls += 1
+        return await super().execute_command(*args, **options)
 
 
 class RedisServer:

@@ -9,31 +9,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-import redis.asyncio
 
 from keystile.ratelimit.base import Decision, LimiterUnavailableError
 from keystile.ratelimit.redis import RedisRateLimiter
-from tests.ratelimit.conftest import RedisServer
+from tests.ratelimit.conftest import CountingRedis, RedisServer
 
 pytestmark = pytest.mark.redis
 
 # 2030-01-01T00:00:00Z: on a window boundary, so no test straddles two windows.
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 WINDOW = 60
-
-
-class CountingRedis(redis.asyncio.Redis):
-    """Counts script calls, i.e. round trips of decisions."""
-
-    script_calls = 0
-
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        if args[0] in ("EVALSHA", "EVAL"):
-            self.script_calls += 1
-        return await super().execute_command(*args, **options)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import redis.asyncio
 
 from keystile.ratelimit.base import Counter, Decision
 from keystile.ratelimit.redis import KEY_PREFIX, LEASE_IDLE_SECONDS, RedisRateLimiter, lease_size
-from tests.ratelimit.test_redis_batching import CountingRedis
+from tests.ratelimit.conftest import CountingRedis
 
 pytestmark = pytest.mark.redis
 
